@@ -1,0 +1,104 @@
+"""Prove that each lesson's suite catches its known-wrong implementations.
+
+A known-wrong implementation is a file testcases/<lesson>/known_wrong/<name>.py:
+
+    \"\"\"One line: the bug, and why a student writes it.\"\"\"
+    MODULE = "softmax"          # the module of model/ it breaks
+    CAUGHT_BY = "basic"         # optional: "basic" (default) or "advanced"
+
+    def stable_softmax(x, dim=-1):
+        ...                     # the wrong version
+
+It is built into a throwaway package: a copy of solutions/ with the file's text
+appended to MODULE, so its definitions replace the reference ones (and every
+caller inside the module sees them). The named suite must then fail.
+"""
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from coursekit import COURSE_ROOT
+
+SETTING = re.compile(r'^(MODULE|CAUGHT_BY)\s*=\s*"(\w+)"', re.MULTILINE)
+
+
+@dataclass
+class Verdict:
+    lesson: str
+    name: str
+    summary: str
+    suite: str
+    caught_by: list  # node ids of the tests that failed
+    error: str = ""
+
+    @property
+    def caught(self):
+        return bool(self.caught_by)
+
+
+def known_wrong_files(lesson):
+    folder = lesson.known_wrong
+    return sorted(folder.glob("*.py")) if folder.is_dir() else []
+
+
+def describe(path: Path):
+    text = path.read_text()
+    settings = dict(SETTING.findall(text))
+    if "MODULE" not in settings:
+        raise ValueError(f"{path}: no MODULE = \"...\" line")
+    summary = (ast.get_docstring(ast.parse(text)) or "").split("\n")[0]
+    return settings["MODULE"], settings.get("CAUGHT_BY", "basic"), summary
+
+
+def build_package(path: Path, workdir: Path, package: str):
+    module, _, _ = describe(path)
+    target = workdir / package
+    shutil.copytree(COURSE_ROOT / "solutions", target, ignore=shutil.ignore_patterns("__pycache__"))
+    module_file = target / f"{module}.py"
+    if not module_file.exists():
+        raise ValueError(f"{path}: MODULE {module!r} is not a module of solutions/")
+    module_file.write_text(module_file.read_text() + f"\n\n# ---- known-wrong override: {path.name} ----\n"
+                           + path.read_text())
+
+
+def check_suite(lesson, suite, paths, workdir: Path):
+    """Run one suite of `lesson` once, parametrised over every package in `paths`."""
+    packages = {f"known_wrong_{lesson.number.lower()}_{path.stem}": path for path in paths}
+    for package, path in packages.items():
+        build_package(path, workdir, package)
+    report = workdir / f"{lesson.number}_{suite}.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(workdir), str(COURSE_ROOT)]))
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", str(lesson.tests / f"test_{suite}.py"), "--impl", ",".join(packages),
+         "-q", "--tb=no", "-p", "no:cacheprovider", "--course-report", str(report)],
+        cwd=COURSE_ROOT, env=env, capture_output=True, text=True)
+    error = "" if report.exists() else (run.stdout[-2000:] + run.stderr[-2000:])
+    results = json.loads(report.read_text()) if report.exists() else {}
+    verdicts = []
+    for package, path in packages.items():
+        _, _, summary = describe(path)
+        param = re.compile(rf"[\[-]{package}[\]-]")
+        failed = [node for node, r in results.items()
+                  if param.search(node) and r["outcome"] in ("failed", "error")]
+        verdicts.append(Verdict(lesson.id, path.stem, summary, suite, failed, error))
+    return verdicts
+
+
+def check_lessons(lessons):
+    """Run every known-wrong implementation of `lessons`; returns [Verdict]."""
+    verdicts = []
+    with tempfile.TemporaryDirectory(prefix="known-wrong-") as tmp:
+        for lesson in lessons:
+            by_suite = {}
+            for path in known_wrong_files(lesson):
+                by_suite.setdefault(describe(path)[1], []).append(path)
+            for suite, paths in sorted(by_suite.items()):
+                verdicts += check_suite(lesson, suite, paths, Path(tmp))
+    return verdicts

@@ -1,0 +1,139 @@
+"""Shared test helpers: seeded inputs, the tolerance table, and an
+`assert_close` whose failure message says what went wrong and where.
+
+Every lesson's tests compare an implementation against a float64 reference
+(coursekit.reference) computed from the *same* inputs, so the tolerance only has
+to cover the implementation's own rounding, not input quantisation.
+"""
+import math
+
+import torch
+
+# ---------------------------------------------------------------------------
+# Tolerances: the one table every test uses.  A value passes when
+#     |actual - expected| <= atol + rtol * |expected|      (elementwise)
+#
+# float64: the implementation and the reference differ only in summation order:
+#   a few ulps (2.2e-16 each) times the reduction length.
+# float32: eps = 1.2e-7. A softmax-weighted sum over Lk <= 4096 keys of O(1)
+#   values accumulates ~sqrt(Lk)*eps ~ 1e-5 in the worst rows; rtol 1.3e-6 is
+#   torch's own float32 default.
+# float16: eps = 9.8e-4. Computing in float32 and rounding once gives <= eps/2
+#   relative error; kernels that round the probabilities P to float16 before
+#   P @ V (as FlashAttention does) add about as much again, so atol = rtol = 2e-3
+#   (two half-ulps at |x| ~ 1). Eager float16 attention without float32
+#   accumulation misses this on large logits (those tests use overflow instead).
+# bfloat16: eps = 7.8e-3, same reasoning: atol = rtol = 1.6e-2.
+#
+# prob_atol replaces atol for probabilities (softmax outputs, attention
+# weights). They are mostly far below 1, where an atol sized for O(1) values
+# would accept anything: 1/3000 computed as 1/2048 is off by only 1.5e-4.
+# A correct result is off by a relative rounding error (rtol) plus, in float16,
+# at most half the subnormal spacing (3e-8); the values below leave a margin.
+# ---------------------------------------------------------------------------
+TOLERANCES = {
+    torch.float64: dict(atol=1e-10, rtol=1e-9, prob_atol=1e-14),
+    torch.float32: dict(atol=1e-5, rtol=1.3e-6, prob_atol=1e-7),
+    torch.float16: dict(atol=2e-3, rtol=2e-3, prob_atol=1e-5),
+    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2, prob_atol=1e-5),
+}
+
+
+def tolerance(dtype):
+    try:
+        return TOLERANCES[dtype]
+    except KeyError:
+        raise ValueError(f"no tolerance defined for dtype {dtype}") from None
+
+
+# ---------------------------------------------------------------------------
+# Seeded inputs. Values are drawn in float32 on the CPU from a private
+# generator, then cast and moved, so a seed gives the same numbers on every
+# device and dtype (up to the cast).
+# ---------------------------------------------------------------------------
+def randn(*shape, seed=0, dtype=torch.float32, device="cpu", scale=1.0, requires_grad=False):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float32) * scale
+    x = x.to(device=device, dtype=dtype)
+    return x.requires_grad_(requires_grad)
+
+
+def make_qkv(batch=2, heads=3, q_len=5, k_len=None, head_dim=8, v_dim=None, *,
+             seed=0, dtype=torch.float32, device="cpu", requires_grad=False):
+    """q (B, H, Lq, D), k (B, H, Lk, D), v (B, H, Lk, Dv) from one seed."""
+    k_len = q_len if k_len is None else k_len
+    v_dim = head_dim if v_dim is None else v_dim
+    kw = dict(dtype=dtype, device=device, requires_grad=requires_grad)
+    q = randn(batch, heads, q_len, head_dim, seed=seed, **kw)
+    k = randn(batch, heads, k_len, head_dim, seed=seed + 1, **kw)
+    v = randn(batch, heads, k_len, v_dim, seed=seed + 2, **kw)
+    return q, k, v
+
+
+def random_bool_mask(*shape, seed=0, p_keep=0.7, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(*shape, generator=gen) < p_keep).to(device)
+
+
+# ---------------------------------------------------------------------------
+# assert_close
+# ---------------------------------------------------------------------------
+def assert_close(actual, expected, *, dtype=None, probabilities=False, atol=None, rtol=None,
+                 hint="", what="output"):
+    """Assert `actual` matches `expected` within the tolerance of `dtype`
+    (default: actual's dtype; `probabilities` selects prob_atol). Equal
+    infinities match; NaN never matches.
+
+    On failure the message gives the worst element: its index, expected and
+    actual values, abs and rel error, how many elements are off, and `hint`
+    (what usually causes this failure).
+    """
+    if not isinstance(actual, torch.Tensor):
+        raise AssertionError(f"{what}: expected a torch.Tensor, got {type(actual).__name__}")
+    expected = torch.as_tensor(expected)
+    if tuple(actual.shape) != tuple(expected.shape):
+        raise AssertionError(_message(
+            f"{what} has shape {tuple(actual.shape)}, expected {tuple(expected.shape)}", hint))
+    tol = tolerance(dtype or actual.dtype)
+    atol = tol["prob_atol" if probabilities else "atol"] if atol is None else atol
+    rtol = tol["rtol"] if rtol is None else rtol
+
+    got = actual.detach().to("cpu", torch.float64)
+    want = expected.detach().to("cpu", torch.float64)
+    same_inf = torch.isinf(want) & (got == want)
+    err = (got - want).abs()
+    err = torch.where(same_inf, torch.zeros_like(err), err)
+    err = torch.where(torch.isnan(err), torch.full_like(err, math.inf), err)
+    allowed = atol + rtol * want.abs().nan_to_num(posinf=0.0, neginf=0.0)
+    bad = err > allowed
+    if not bad.any():
+        return
+
+    excess = torch.where(bad, err - allowed, torch.full_like(err, -math.inf))
+    flat = int(excess.flatten().argmax())
+    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), want.shape)) if want.dim() else ()
+    worst_want, worst_got = want.flatten()[flat].item(), got.flatten()[flat].item()
+    rel = err.flatten()[flat].item() / max(abs(worst_want), 1e-300)
+    finite_err = torch.where(torch.isfinite(err), err, torch.zeros_like(err))
+    summary = (
+        f"{what} differs from the reference: {int(bad.sum())} of {bad.numel()} elements "
+        f"out of tolerance (atol={atol:g}, rtol={rtol:g}, dtype {actual.dtype}).\n"
+        f"  worst at index {idx}: expected {worst_want:.6g}, got {worst_got:.6g} "
+        f"(abs error {err.flatten()[flat].item():.3g}, rel error {rel:.3g})\n"
+        f"  max finite abs error over all elements: {finite_err.max().item():.3g}"
+    )
+    if torch.isnan(got).any() and not torch.isnan(want).any():
+        summary += f"\n  {int(torch.isnan(got).sum())} NaN values where the reference has none"
+    raise AssertionError(_message(summary, hint))
+
+
+def _message(text, hint):
+    return f"{text}\n  hint: {hint}" if hint else text
+
+
+def assert_no_nan(x, *, what="output", hint=""):
+    nan = torch.isnan(x.detach())
+    if nan.any():
+        idx = tuple(int(i) for i in nan.nonzero()[0])
+        raise AssertionError(_message(
+            f"{what} has {int(nan.sum())} NaN values (first at index {idx})", hint))

@@ -1,0 +1,1 @@
+"""Reference solutions. model/ is generated from these (`course sync-stubs`)."""

@@ -1,0 +1,55 @@
+"""L01 — Scaled dot-product attention.
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k) + M) V        (Vaswani et al., 2017)
+
+Shapes (course-wide letters): q (B, H, Lq, D), k (B, H, Lk, D), v (B, H, Lk, Dv).
+Any number of leading dims works, as long as q, k and v agree on them.
+
+Conventions (COURSE.md): a boolean mask is True where a query may attend; an
+additive mask holds 0 (keep) or -inf (drop); masks broadcast to (..., Lq, Lk).
+A query whose keys are all masked gets output 0 and weights 0, never NaN.
+Half-precision inputs are computed in float32 and returned in their own dtype.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_mask, check_positive_int, check_qk, check_qkv, check_scale, compute_dtype
+
+
+def attention_scale(head_dim):
+    """The factor 1/sqrt(d_k) applied to the scores.
+
+    For q, k with independent unit-variance entries, q·k = sum_i q_i k_i has
+    variance d_k; scaling by 1/sqrt(d_k) brings it back to 1, so the softmax
+    neither saturates nor flattens as the head grows.
+
+    head_dim: a positive int. Returns a Python float.
+    """
+    raise NotImplementedError("L01: implement attention_scale in model/scaled_dot_product.py (see tutorial/L01_scaled_dot_product/README.md)")
+
+
+def attention_scores(q, k, scale=None):
+    """Scaled scores S = q k^T * scale.
+
+    q: (..., Lq, D), k: (..., Lk, D) -> (..., Lq, Lk).
+    scale: defaults to attention_scale(D).
+    Half-precision inputs give float32 scores (a dot product of float16 values
+    overflows 65504 long before the softmax would care); other dtypes keep theirs.
+    """
+    raise NotImplementedError("L01: implement attention_scores in model/scaled_dot_product.py (see tutorial/L01_scaled_dot_product/README.md)")
+
+
+def scaled_dot_product_attention(q, k, v, mask=None, scale=None, dropout_p=0.0,
+                                 training=False, return_weights=False):
+    """softmax(q k^T * scale + mask) v.
+
+    q (..., Lq, D), k (..., Lk, D), v (..., Lk, Dv) -> out (..., Lq, Dv) in q's dtype.
+    mask: None, bool (True = attend) or float (added to the scores), broadcasting
+        to (..., Lq, Lk). Fully masked rows give zero output and zero weights.
+    dropout_p: probability of dropping an attention weight, applied only when
+        training=True (kept weights are scaled by 1 / (1 - dropout_p)).
+    return_weights: also return the attention weights (..., Lq, Lk), after dropout.
+    """
+    raise NotImplementedError("L01: implement scaled_dot_product_attention in model/scaled_dot_product.py (see tutorial/L01_scaled_dot_product/README.md)")
