@@ -17,6 +17,7 @@ from coursekit.impl import impl_name
 from coursekit.lessons import LESSONS, find_lesson
 
 KERNEL_NAME = "efficient-attention"
+PASSTHROUGH = ("lab", "test")  # commands that hand unknown options on (to jupyter lab, to pytest)
 START_PAGE = "notebooks/00_start.ipynb"
 
 
@@ -28,7 +29,7 @@ def cmd_lab(args):
     subprocess.run([sys.executable, "-m", "ipykernel", "install", "--user", "--name", KERNEL_NAME,
                     "--display-name", "Python (Efficient Attention)"], check=True)
     os.chdir(COURSE_ROOT)
-    os.execv(sys.executable, [sys.executable, "-m", "jupyterlab", START_PAGE, *args.jupyter_args])
+    os.execv(sys.executable, [sys.executable, "-m", "jupyterlab", START_PAGE, *args.passthrough])
 
 
 def cmd_check(args):
@@ -48,7 +49,7 @@ def cmd_test(args):
         return 1
     suites = "basic or advanced" if args.advanced else "basic"
     command = pytest_command(str(lesson.tests), "-m", suites, "--impl", impl_name(args.impl),
-                             *args.pytest_args)
+                             *args.passthrough)
     return subprocess.run(command, cwd=COURSE_ROOT).returncode
 
 
@@ -79,8 +80,7 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("lab", help="open the course in JupyterLab")
-    p.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="passed on to jupyter lab")
+    p = sub.add_parser("lab", help="open the course in JupyterLab (other options go to jupyter lab)")
     p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("check", help="every test against the reference, plus the self-checks")
@@ -90,12 +90,11 @@ def build_parser():
     sub.add_parser("doctor", help="check this machine").set_defaults(func=cmd_doctor)
 
     lesson_ids = ", ".join(lesson.id for lesson in LESSONS)
-    p = sub.add_parser("test", help="run one lesson's tests",
+    p = sub.add_parser("test", help="run one lesson's tests (other options go to pytest, e.g. -x -k scale)",
                        epilog=f"LESSON: L01..L08, a number, or a full id ({lesson_ids})")
     p.add_argument("lesson")
     p.add_argument("--impl", help="implementation package (default: $COURSE_IMPL or model)")
     p.add_argument("--advanced", action="store_true", help="run the advanced suite too")
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest (e.g. -x -k scale)")
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("progress", help="which lessons your model/ passes")
@@ -112,7 +111,9 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, args.passthrough = parser.parse_known_args(argv)
+    if args.passthrough and args.command not in PASSTHROUGH:
+        parser.error(f"unrecognized arguments: {' '.join(args.passthrough)}")
     if not args.command:
         parser.print_help()
         return 0

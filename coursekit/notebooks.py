@@ -52,14 +52,18 @@ def _environment(**values):
                 os.environ[key] = value
 
 
-def execute(nb, impl, *, allow_errors=False, timeout=300):
-    """Run every cell in a fresh kernel (cwd notebooks/) with COURSE_IMPL=impl.
+def execute(nb, impl, *, allow_errors=False, timeout=300, extra_path=None):
+    """Run every cell in a fresh kernel (cwd notebooks/) with COURSE_IMPL=impl,
+    `extra_path` (where impl lives, if not in the course folder) on PYTHONPATH.
     Returns the executed copy; raises nbclient's CellExecutionError on the
     first failing cell unless allow_errors."""
     nb = nbformat.from_dict(nb)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
-    with _environment(**{ENV_VAR: impl, "MPLBACKEND": "module://matplotlib_inline.backend_inline"}):
+    env = {ENV_VAR: impl, "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    if extra_path:
+        env["PYTHONPATH"] = os.pathsep.join([str(extra_path), os.environ.get("PYTHONPATH", "")])
+    with _environment(**env):
         client.execute()
     return nb
 

@@ -5,6 +5,7 @@ kind of thing) or ValueError (right kind, wrong value) whose message names the
 argument and what it got, so a mistake points at the caller, not at a torch
 internal three frames down.
 """
+import math
 import numbers
 
 import torch
@@ -50,6 +51,16 @@ def check_scale(scale):
         return
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+
+
+def check_probability(name, p):
+    """A probability in [0, 1), e.g. a dropout rate."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name} must be a float, got {type(p).__name__}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {p}")
 
 
 def check_same_shape(**tensors):

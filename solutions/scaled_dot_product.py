@@ -15,7 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_mask, check_positive_int, check_qk, check_qkv, check_scale, compute_dtype
+from ._checks import (check_mask, check_positive_int, check_probability, check_qk, check_qkv, check_scale,
+                      compute_dtype)
 
 
 def attention_scale(head_dim):
@@ -60,12 +61,12 @@ def scaled_dot_product_attention(q, k, v, mask=None, scale=None, dropout_p=0.0,
         to (..., Lq, Lk). Fully masked rows give zero output and zero weights.
     dropout_p: probability of dropping an attention weight, applied only when
         training=True (kept weights are scaled by 1 / (1 - dropout_p)).
-    return_weights: also return the attention weights (..., Lq, Lk), after dropout.
+    return_weights: also return the attention weights (..., Lq, Lk), after
+        dropout, in q's dtype.
     """
     ### BEGIN SOLUTION
     check_qkv(q, k, v)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    check_probability("dropout_p", dropout_p)
     scores = attention_scores(q, k, scale)  # (..., Lq, Lk), float32 for half inputs
     if mask is not None:
         check_mask(mask, scores.shape, scores.device)

@@ -237,5 +237,7 @@ def test_bad_dtypes_and_arguments_are_rejected(impl):
     assert_rejects(lambda: attention(impl, q, k.double(), v), "k", "dtype")
     assert_rejects(lambda: attention(impl, q, k, v, dropout_p=1.5, training=True), "dropout_p")
     assert_rejects(lambda: attention(impl, q, k, v, dropout_p=-0.1, training=True), "dropout_p")
+    assert_rejects(lambda: attention(impl, q, k, v, dropout_p="0.1", training=True), "dropout_p")
+    assert_rejects(lambda: impl.scaled_dot_product.attention_scores(q, k, scale=math.nan), "scale")
     assert_rejects(lambda: impl.scaled_dot_product.attention_scores(q, k, scale="big"), "scale")
     assert_rejects(lambda: attention(impl, q.numpy(), k, v), "q")

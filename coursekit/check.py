@@ -1,0 +1,168 @@
+"""`course check`: every test against the reference solutions, plus the
+self-checks that keep the course honest. CI runs this; it exits non-zero if
+any check fails, and ends with one line "check: N passed, M failed".
+
+1. model/ is exactly solutions/ with the solution blocks stripped.
+2. No test imports solutions/ (expected values come from coursekit.reference).
+3. Notebooks are committed without outputs.
+4. Every test passes on the reference solutions.
+5. Every test fails on the untouched stubs (those that pass are listed).
+6. Each lesson's known-wrong implementations are caught by the suite they name.
+7. Each lesson notebook runs top to bottom on the reference; graded by
+   nbgrader's rule, it gets full marks there and zero as released to a
+   student with the stubs.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from coursekit import COURSE_ROOT, known_wrong, notebooks, stubs
+from coursekit.lessons import LESSONS
+
+STUB_PACKAGE = "course_stubs"
+
+
+def _header(text):
+    print(f"\n==> {text}", flush=True)
+
+
+def _run_pytest(impl, *args, workdir=None, capture=True):
+    """pytest over all lessons; returns (exit code, {nodeid: result})."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        env = dict(os.environ)
+        if workdir:
+            env["PYTHONPATH"] = os.pathsep.join([str(workdir), str(COURSE_ROOT)])
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "testcases", "--impl", impl, "-p", "no:cacheprovider",
+             "--course-report", str(report), *args],
+            cwd=COURSE_ROOT, env=env, capture_output=capture, text=True)
+        results = json.loads(report.read_text()) if report.exists() else {}
+    if capture and not results:
+        print(run.stdout[-3000:], run.stderr[-3000:])
+    return run.returncode, results
+
+
+def _count(results, outcome):
+    return sum(1 for r in results.values() if r["outcome"] == outcome)
+
+
+def check_stubs_in_sync(ctx):
+    problems = stubs.drift()
+    for problem in problems:
+        print(f"  {problem}")
+    if problems:
+        print("  fix: ./course sync-stubs (maintainers; it overwrites model/)")
+    return not problems
+
+
+def check_no_solution_imports(ctx):
+    pattern = re.compile(r"^\s*(from|import)\s+solutions\b|import_module\(\s*['\"]solutions", re.MULTILINE)
+    offenders = [str(p.relative_to(COURSE_ROOT)) for p in (COURSE_ROOT / "testcases").rglob("test_*.py")
+                 if pattern.search(p.read_text())]
+    for path in offenders:
+        print(f"  {path} imports solutions/: use the impl fixture and coursekit.reference")
+    return not offenders
+
+
+def check_notebooks_clean(ctx):
+    dirty = [p.name for p in sorted(notebooks.NOTEBOOKS.glob("*.ipynb")) if notebooks.has_outputs(notebooks.load(p))]
+    for name in dirty:
+        print(f"  notebooks/{name} has outputs or execution counts: clear them before committing")
+    return not dirty
+
+
+def check_reference_passes(ctx):
+    code, results = _run_pytest("solutions", "-q", "-rfE", capture=False)
+    print(f"  {_count(results, 'passed')} passed, {_count(results, 'skipped')} skipped "
+          f"(GPU-only tests skip without a GPU), {_count(results, 'failed') + _count(results, 'error')} failed")
+    return code == 0 and _count(results, "passed") > 0
+
+
+def check_stubs_fail(ctx):
+    code, results = _run_pytest(STUB_PACKAGE, "-q", "--tb=no", workdir=ctx["stub_dir"])
+    passing = sorted(node for node, r in results.items() if r["outcome"] in ("passed", "xpassed"))
+    failing = _count(results, "failed") + _count(results, "error")
+    print(f"  {failing} tests fail on the stubs, {len(passing)} pass, {_count(results, 'skipped')} skipped")
+    for node in passing:
+        print(f"  PASSES ON STUBS: {node}")
+    return failing > 0 and not passing
+
+
+def check_known_wrong(ctx):
+    verdicts = known_wrong.check_lessons([lesson for lesson in LESSONS if lesson.available])
+    for v in verdicts:
+        status = f"caught by {len(v.caught_by)} {v.suite} test(s)" if v.caught else "NOT CAUGHT"
+        print(f"  {v.lesson[:3]} {v.name:32s} {status:28s} {v.summary}")
+        if v.error:
+            print(f"      the run broke: {v.error.strip()[-500:]}")
+    return bool(verdicts) and all(v.caught for v in verdicts)
+
+
+def check_notebooks(ctx):
+    ok = True
+    for lesson in LESSONS:
+        if not (lesson.available and lesson.notebook.exists()):
+            continue
+        start = time.perf_counter()
+        source = notebooks.load(lesson.notebook)
+        try:
+            reference = notebooks.execute(source, "solutions")
+        except Exception as err:  # nbclient's CellExecutionError carries the cell and traceback
+            print(f"  {lesson.id}: FAILED to run on the reference:\n{str(err)[-3000:]}")
+            ok = False
+            continue
+        got, total, _ = notebooks.score(reference)
+        released = notebooks.execute(notebooks.release_version(source), STUB_PACKAGE, allow_errors=True,
+                                     extra_path=ctx["stub_dir"])
+        stub_points, _, rows = notebooks.score(released)
+        fine = total > 0 and got == total and stub_points == 0
+        ok &= fine
+        print(f"  {lesson.id}: reference {got:g}/{total:g}, released with stubs {stub_points:g}/{total:g} "
+              f"({time.perf_counter() - start:.0f} s){'' if fine else '  <-- WRONG'}")
+        for grade_id, points, _ in rows:
+            if points:
+                print(f"      {grade_id} scores {points:g} on the stubs")
+    return ok
+
+
+CHECKS = [
+    ("model/ is solutions/ with the solution blocks stripped", check_stubs_in_sync, False),
+    ("tests never import solutions/", check_no_solution_imports, False),
+    ("notebooks are committed without outputs", check_notebooks_clean, False),
+    ("every test passes on the reference solutions", check_reference_passes, False),
+    ("every test fails on the untouched stubs", check_stubs_fail, False),
+    ("known-wrong implementations are caught", check_known_wrong, True),
+    ("notebooks run on the reference and grade full / zero", check_notebooks, True),
+]
+
+
+def run_all(quick=False) -> int:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="course-check-") as tmp:
+        stub_dir = Path(tmp)
+        package = stub_dir / STUB_PACKAGE
+        package.mkdir()
+        for name, text in stubs.expected_stubs(COURSE_ROOT / "solutions").items():
+            (package / name).write_text(text)
+        ctx = {"stub_dir": stub_dir}
+        for title, check, slow in CHECKS:
+            if quick and slow:
+                continue
+            _header(title)
+            start = time.perf_counter()
+            ok = check(ctx)
+            results.append((title, ok, time.perf_counter() - start))
+            print(f"  {'ok' if ok else 'FAILED'} ({results[-1][2]:.0f} s)", flush=True)
+
+    print("\nSummary")
+    for title, ok, seconds in results:
+        print(f"  {'PASS' if ok else 'FAIL'}  {title}  ({seconds:.0f} s)")
+    failed = sum(1 for _, ok, _ in results if not ok)
+    print(f"check: {len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0

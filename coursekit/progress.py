@@ -1,0 +1,47 @@
+"""`course progress`: which lessons' basic and advanced suites the student's
+model/ passes, as a table. One pytest run over every lesson that has landed."""
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from coursekit import COURSE_ROOT
+from coursekit.lessons import LESSONS
+
+
+def _tally(results, lesson, suite):
+    """(passed, total) over the tests of one suite that ran (skips excluded)."""
+    prefix = f"testcases/{lesson.id}/test_{suite}.py::"
+    ran = [r for node, r in results.items() if node.startswith(prefix) and r["outcome"] != "skipped"]
+    return sum(r["outcome"] == "passed" for r in ran), len(ran)
+
+
+def _cell(passed, total):
+    if total == 0:
+        return "-"
+    mark = "done" if passed == total else "    "
+    return f"{passed:3d}/{total:<3d} {mark}"
+
+
+def show_progress(impl) -> int:
+    landed = [lesson for lesson in LESSONS if lesson.available]
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        subprocess.run([sys.executable, "-m", "pytest", *(str(l.tests) for l in landed), "--impl", impl,
+                        "-q", "--tb=no", "-p", "no:cacheprovider", "--course-report", str(report)],
+                       cwd=COURSE_ROOT, capture_output=True, text=True)
+        results = json.loads(report.read_text()) if report.exists() else {}
+    if not results:
+        print(f"could not run the tests for {impl!r}: try ./course test L01 to see why")
+        return 1
+    print(f"progress of {impl!r}\n")
+    print(f"{'lesson':28s} {'basic':12s} {'advanced':12s}")
+    for lesson in LESSONS:
+        if not lesson.available:
+            print(f"{lesson.id:28s} {'(not yet released)':25s}")
+            continue
+        print(f"{lesson.id:28s} {_cell(*_tally(results, lesson, 'basic')):12s} "
+              f"{_cell(*_tally(results, lesson, 'advanced')):12s}")
+    print("\nnext: ./course test LESSON (basic first), then ./course test LESSON --advanced")
+    return 0
