@@ -29,7 +29,9 @@ def cmd_lab(args):
     subprocess.run([sys.executable, "-m", "ipykernel", "install", "--user", "--name", KERNEL_NAME,
                     "--display-name", "Python (Efficient Attention)"], check=True)
     os.chdir(COURSE_ROOT)
-    os.execv(sys.executable, [sys.executable, "-m", "jupyterlab", START_PAGE, *args.passthrough])
+    as_root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []  # containers often run as root
+    start = f"--LabApp.default_url=/lab/tree/{START_PAGE}"  # where the browser (and /) lands
+    os.execv(sys.executable, [sys.executable, "-m", "jupyterlab", start, *as_root, *args.passthrough])
 
 
 def cmd_check(args):
