@@ -3,11 +3,14 @@ torch.softmax's time measured in the same run (ratio > 1: slower than torch).
 
     .venv/bin/python benchmarks/softmax_cpu.py --impl solutions
 
-What to look for: stable_softmax pays one extra read of x for the max, so it
-stays within a small factor of torch's fused kernel. online_softmax reads x
-once for the statistics, but in eager PyTorch each block is a separate set of
-kernel launches, so small blocks are much slower: the one-pass saving only
-shows once the loop runs inside one kernel (lessons L05 and L08).
+What to look for: torch.softmax is one fused kernel (about two passes over
+x). Every eager operation is a full pass of its own: naive_softmax makes three
+(exp, sum, divide) and stable_softmax about seven (max, guard, subtract, exp,
+sum, guard, divide), so at long rows, where memory traffic dominates, the
+ratios track those pass counts; at short rows the per-operation overhead
+dominates instead. online_softmax reads x once for its statistics, but each
+block is a separate handful of kernel launches, so small blocks are slow: the
+one-pass saving only pays once the loop runs inside one kernel (L05, L08).
 """
 import argparse
 

@@ -2,13 +2,14 @@
 self-checks that keep the course honest. CI runs this; it exits non-zero if
 any check fails, and ends with one line "check: N passed, M failed".
 
-1. model/ is exactly solutions/ with the solution blocks stripped.
-2. No test imports solutions/ (expected values come from coursekit.reference).
-3. Notebooks are committed without outputs.
-4. Every test passes on the reference solutions.
-5. Every test fails on the untouched stubs (those that pass are listed).
-6. Each lesson's known-wrong implementations are caught by the suite they name.
-7. Every notebook runs top to bottom on the reference; each lesson notebook,
+1. The tooling passes its own tests (coursekit/tests).
+2. model/ is exactly solutions/ with the solution blocks stripped.
+3. No test imports solutions/ (expected values come from coursekit.reference).
+4. Notebooks are committed without outputs.
+5. Every test passes on the reference solutions.
+6. Every test fails on the untouched stubs (those that pass are listed).
+7. Each lesson's known-wrong implementations are caught by the suite they name.
+8. Every notebook runs top to bottom on the reference; each lesson notebook,
    graded by nbgrader's rule, gets full marks there and zero as released to a
    student with the stubs.
 """
@@ -50,6 +51,12 @@ def _run_pytest(impl, *args, workdir=None, capture=True):
 
 def _count(results, outcome):
     return sum(1 for r in results.values() if r["outcome"] == outcome)
+
+
+def check_tooling(ctx):
+    run = subprocess.run([sys.executable, "-m", "pytest", "coursekit/tests", "-q", "-p", "no:cacheprovider"],
+                         cwd=COURSE_ROOT)
+    return run.returncode == 0
 
 
 def check_stubs_in_sync(ctx):
@@ -134,6 +141,7 @@ def check_notebooks(ctx):
 
 
 CHECKS = [
+    ("the tooling passes its own tests", check_tooling, False),
     ("model/ is solutions/ with the solution blocks stripped", check_stubs_in_sync, False),
     ("tests never import solutions/", check_no_solution_imports, False),
     ("notebooks are committed without outputs", check_notebooks_clean, False),

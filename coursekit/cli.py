@@ -72,8 +72,8 @@ def cmd_sync_stubs(args):
         print("model/ is in sync with solutions/" if not problems
               else "model/ is out of sync: run ./course sync-stubs")
         return 1 if problems else 0
-    written = stubs.write_stubs()
-    print(f"rewrote {', '.join('model/' + n for n in written)}" if written else "model/ already in sync")
+    changed = stubs.write_stubs()
+    print(f"model/: {', '.join(changed)}" if changed else "model/ already in sync")
     return 0
 
 

@@ -2,8 +2,8 @@
 
 Inside a function, the lines between `### BEGIN SOLUTION` and `### END SOLUTION`
 become one `raise NotImplementedError(...)` naming the lesson, the function and
-the lesson text. A block at module level (private helpers that are part of the
-answer) is dropped whole. Files without blocks are copied as they are.
+the lesson text. A block at module or class level (private helpers that are
+part of the answer) is dropped whole. Files without blocks are copied as they are.
 """
 import re
 from pathlib import Path
@@ -13,7 +13,7 @@ from coursekit.lessons import lesson_of_module
 
 BEGIN = re.compile(r"^(\s*)### BEGIN SOLUTION\s*$")
 END = re.compile(r"^\s*### END SOLUTION\s*$")
-DEF = re.compile(r"^(\s*)(?:async\s+)?def\s+(\w+)")
+SCOPE = re.compile(r"^(\s*)(?:async\s+)?(def|class)\s+(\w+)")
 
 
 def strip_solutions(source: str, module: str) -> str:
@@ -34,20 +34,35 @@ def strip_solutions(source: str, module: str) -> str:
         elif BEGIN.match(line):
             raise ValueError(f"{module}.py:{number}: BEGIN SOLUTION inside the block opened at line {block_start}")
         elif END.match(line):
-            if block_indent:
-                out.append(f"{block_indent}{_not_implemented(out, module)}\n")
-            after_dropped_block = not block_indent
+            function = _enclosing_function(out, block_indent)
+            if function:
+                out.append(f"{block_indent}{_not_implemented(function, module)}\n")
+            after_dropped_block = function is None
             block_indent = None
     if block_indent is not None:
         raise ValueError(f"{module}.py:{block_start}: BEGIN SOLUTION never ends")
     return "".join(out)
 
 
-def _not_implemented(emitted, module):
-    function = next((m.group(2) for m in map(DEF.match, reversed(emitted)) if m), None)
+def _enclosing_function(emitted, indent):
+    """Name of the function whose body holds a block indented by `indent`,
+    or None at module or class level. Walks back over the lines emitted so far,
+    each time to the nearest line indented less than the scope so far."""
+    width = len(indent)
+    for line in reversed(emitted):
+        stripped = line.lstrip()
+        if not stripped or stripped.startswith("#") or len(line) - len(stripped) >= width:
+            continue
+        scope = SCOPE.match(line)
+        if scope:
+            return scope.group(3) if scope.group(2) == "def" else None
+        width = len(line) - len(stripped)  # an if/for/with inside the scope: keep climbing
+    return None
+
+
+def _not_implemented(function, module):
     lesson = lesson_of_module(module)
-    where = f"{function} in model/{module}.py" if function else f"model/{module}.py"
-    return (f'raise NotImplementedError("{lesson.number}: implement {where} '
+    return (f'raise NotImplementedError("{lesson.number}: implement {function} in model/{module}.py '
             f'(see tutorial/{lesson.id}/README.md)")')
 
 
@@ -76,13 +91,18 @@ def drift(root: Path = COURSE_ROOT) -> list:
 
 
 def write_stubs(root: Path = COURSE_ROOT) -> list:
-    """Regenerate model/ from solutions/; returns the names of files rewritten."""
+    """Regenerate model/ from solutions/ (and delete model/ files that have no
+    counterpart there); returns what changed, e.g. ["softmax.py", "removed old.py"]."""
     model = root / "model"
     model.mkdir(exist_ok=True)
-    written = []
-    for name, text in expected_stubs(root / "solutions").items():
+    expected = expected_stubs(root / "solutions")
+    changed = []
+    for name, text in expected.items():
         target = model / name
         if not target.exists() or target.read_text() != text:
             target.write_text(text)
-            written.append(name)
-    return written
+            changed.append(name)
+    for extra in sorted(p for p in model.glob("*.py") if p.name not in expected):
+        extra.unlink()
+        changed.append(f"removed {extra.name}")
+    return changed

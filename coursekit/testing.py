@@ -137,3 +137,21 @@ def assert_no_nan(x, *, what="output", hint=""):
         idx = tuple(int(i) for i in nan.nonzero()[0])
         raise AssertionError(_message(
             f"{what} has {int(nan.sum())} NaN values (first at index {idx})", hint))
+
+
+def assert_rejects(fn, *names):
+    """fn() must raise ValueError or TypeError (not a bare torch RuntimeError)
+    whose message names the offending argument: one of `names`."""
+    try:
+        fn()
+    except (ValueError, TypeError) as err:
+        message = str(err)
+    except Exception as err:
+        raise AssertionError(
+            f"expected a ValueError or TypeError naming {' or '.join(names)}, got "
+            f"{type(err).__name__}: {err}\n  hint: check the arguments first, with the helpers in model/_checks.py"
+        ) from err
+    else:
+        raise AssertionError(f"expected a ValueError or TypeError naming {' or '.join(names)}; nothing was raised")
+    if not any(name in message for name in names):
+        raise AssertionError(f"the error message should name the argument ({' or '.join(names)}); got: {message!r}")
