@@ -42,3 +42,18 @@ def attention_ref(q, k, v, mask=None, scale=None):
         scores = scores + additive_mask(mask).to(scores.device)
     weights = softmax_ref(scores, dim=-1)
     return torch.einsum("...qk,...kd->...qd", weights, v), weights
+
+
+def causal_mask_ref(q_len, k_len=None, device="cpu"):
+    """Bottom-right causal mask (True = may attend): query i sits at absolute
+    position i + k_len - q_len and sees keys j <= that position."""
+    k_len = q_len if k_len is None else k_len
+    ones = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    return ones.tril(diagonal=k_len - q_len)
+
+
+def padding_mask_ref(lengths, max_len=None, device="cpu"):
+    """(batch, max_len) bool, True for the first lengths[b] positions of row b."""
+    lengths = torch.as_tensor(lengths, device=device)
+    max_len = int(lengths.max()) if max_len is None else max_len
+    return torch.arange(max_len, device=device)[None, :] < lengths[:, None]

@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from coursekit.reference import attention_ref, softmax_ref
+from coursekit.reference import attention_ref, causal_mask_ref, padding_mask_ref, softmax_ref
 from coursekit.testing import make_qkv, randn, random_bool_mask
 
 
@@ -57,3 +57,15 @@ def test_attention_ref_matches_torch_sdpa_in_float64():
         out, _ = attention_ref(q, k, v, mask=mask, scale=scale)
         expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_causal_mask_ref_is_bottom_right():
+    # Lq=2, Lk=4: the queries are the last two positions (2 and 3).
+    assert causal_mask_ref(2, 4).tolist() == [[True, True, True, False], [True, True, True, True]]
+    assert causal_mask_ref(3).tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+    assert not causal_mask_ref(3, 2)[0].any(), "with Lk < Lq the first query precedes every key"
+
+
+def test_padding_mask_ref_marks_real_tokens():
+    assert padding_mask_ref([2, 0, 3]).tolist() == [[True, True, False], [False, False, False], [True, True, True]]
+    assert padding_mask_ref([1], max_len=3).tolist() == [[True, False, False]]
