@@ -45,19 +45,22 @@ def strip_solutions(source: str, module: str) -> str:
 
 
 def _enclosing_function(emitted, indent):
-    """Name of the function whose body holds a block indented by `indent`,
-    or None at module or class level. Walks back over the lines emitted so far,
-    each time to the nearest line indented less than the scope so far."""
-    width = len(indent)
+    """Qualified name ("f", "Class.method") of the function whose body holds a
+    block indented by `indent`, or None at module or class level. Walks back
+    over the lines emitted so far, each time to the nearest line indented less
+    than the scope so far."""
+    width, names = len(indent), []
     for line in reversed(emitted):
         stripped = line.lstrip()
         if not stripped or stripped.startswith("#") or len(line) - len(stripped) >= width:
             continue
-        scope = SCOPE.match(line)
-        if scope:
-            return scope.group(3) if scope.group(2) == "def" else None
         width = len(line) - len(stripped)  # an if/for/with inside the scope: keep climbing
-    return None
+        scope = SCOPE.match(line)
+        if scope and (names or scope.group(2) == "def"):
+            names.insert(0, scope.group(3))
+        elif scope:
+            return None  # directly in a class body
+    return ".".join(names) or None
 
 
 def _not_implemented(function, module):

@@ -84,7 +84,7 @@ def test_module_level_block_is_dropped_with_the_blank_lines_after_it():
     )
 
 
-def test_block_in_a_method_names_the_method_not_an_earlier_one():
+def test_block_in_a_method_names_class_and_method_not_an_earlier_one():
     source = (
         "class Softmax:\n"
         "    def first(self):\n"
@@ -95,10 +95,10 @@ def test_block_in_a_method_names_the_method_not_an_earlier_one():
         "        return x\n"
         "        ### END SOLUTION\n"
     )
-    assert raise_line("forward", indent="        ") in strip_solutions(source, "softmax")
+    assert raise_line("Softmax.forward", indent="        ") in strip_solutions(source, "softmax")
 
 
-def test_block_in_a_nested_function_names_the_nested_function():
+def test_block_in_a_nested_function_names_the_nesting():
     source = (
         "def outer(x):\n"
         "    def inner(y):\n"
@@ -107,7 +107,7 @@ def test_block_in_a_nested_function_names_the_nested_function():
         "        ### END SOLUTION\n"
         "    return inner(x)\n"
     )
-    assert raise_line("inner", indent="        ") in strip_solutions(source, "softmax")
+    assert raise_line("outer.inner", indent="        ") in strip_solutions(source, "softmax")
 
 
 def test_block_after_a_nested_helper_names_the_enclosing_function():
