@@ -14,7 +14,6 @@ appended to MODULE, so its definitions replace the reference ones (and every
 caller inside the module sees them). The named suite must then fail.
 """
 import ast
-import json
 import os
 import re
 import shutil
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coursekit import COURSE_ROOT
+from coursekit.pytest_plugin import read_report
 
 SETTING = re.compile(r'^(MODULE|CAUGHT_BY)\s*=\s*"(\w+)"', re.MULTILINE)
 
@@ -80,7 +80,7 @@ def check_suite(lesson, suite, paths, workdir: Path):
          "-q", "--tb=no", "-p", "no:cacheprovider", "--course-report", str(report)],
         cwd=COURSE_ROOT, env=env, capture_output=True, text=True)
     error = "" if report.exists() else (run.stdout[-2000:] + run.stderr[-2000:])
-    results = json.loads(report.read_text()) if report.exists() else {}
+    results = read_report(report)["results"]
     verdicts = []
     for package, path in packages.items():
         _, _, summary = describe(path)

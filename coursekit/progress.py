@@ -1,6 +1,5 @@
 """`course progress`: which lessons' basic and advanced suites the student's
 model/ passes, as a table. One pytest run over every lesson that has landed."""
-import json
 import subprocess
 import sys
 import tempfile
@@ -8,6 +7,7 @@ from pathlib import Path
 
 from coursekit import COURSE_ROOT
 from coursekit.lessons import LESSONS
+from coursekit.pytest_plugin import read_report
 
 
 def _tally(results, lesson, suite):
@@ -31,7 +31,7 @@ def show_progress(impl) -> int:
         subprocess.run([sys.executable, "-m", "pytest", *(str(l.tests) for l in landed), "--impl", impl,
                         "-q", "--tb=no", "-p", "no:cacheprovider", "--course-report", str(report)],
                        cwd=COURSE_ROOT, capture_output=True, text=True)
-        results = json.loads(report.read_text()) if report.exists() else {}
+        results = read_report(report)["results"]
     if not results:
         print(f"could not run the tests for {impl!r}: try ./course test L01 to see why")
         return 1

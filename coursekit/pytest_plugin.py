@@ -8,11 +8,16 @@
   Triton, and run on CPU tensors under the Triton interpreter when there is no
   GPU; `slow` marks tests a student may deselect with -m "not slow".
 - `device` parametrises a test over cpu and (when present) cuda.
-- `--course-report FILE` writes every test's outcome as JSON, for the
-  self-checks, `course progress` and the grader.
+- `--course-report FILE` writes every test's outcome (and its points, from
+  the `points(n)` marker, default 1) as JSON, rewritten after each test, so a
+  run that dies still leaves what it had, plus the test that was running.
+- `--course-timeout SECONDS` fails a test (setup, call or teardown) that runs
+  longer, so one infinite loop costs one test, not the run.
 """
 import json
 import os
+import signal
+import threading
 
 import pytest
 import torch
@@ -25,6 +30,7 @@ MARKERS = {
     "gpu": "needs a CUDA GPU; skipped without one",
     "triton": "runs a Triton kernel: on CUDA, or on CPU under TRITON_INTERPRET=1",
     "slow": "takes more than a few seconds; deselect with -m 'not slow'",
+    "points": "points(n): what the test is worth when graded (default 1)",
 }
 SUITE_BY_FILE = {"test_basic.py": "basic", "test_advanced.py": "advanced"}
 
@@ -35,6 +41,8 @@ def pytest_addoption(parser):
                     help=f"implementation package(s) under test, comma-separated (default: ${ENV_VAR} or 'model')")
     group.addoption("--course-report", default=None, metavar="FILE",
                     help="write each test's outcome to FILE as JSON")
+    group.addoption("--course-timeout", default=None, type=float, metavar="SECONDS",
+                    help="fail any test phase that runs longer than SECONDS")
 
 
 def cuda_available() -> bool:
@@ -64,6 +72,8 @@ def pytest_configure(config):
         os.environ.setdefault("TRITON_INTERPRET", "1")
     if config.getoption("--course-report"):
         config.pluginmanager.register(OutcomeRecorder(config.getoption("--course-report")))
+    if config.getoption("--course-timeout"):
+        config.pluginmanager.register(TimeLimit(config.getoption("--course-timeout")))
 
 
 def pytest_report_header(config):
@@ -119,11 +129,17 @@ def triton_device():
 
 
 class OutcomeRecorder:
-    """Collects {nodeid: {"outcome", "message"}} and writes it at the end."""
+    """Writes {"running": nodeid or null, "results": {nodeid: {"outcome",
+    "message", "points", "markers"}}} to `path` after every test."""
 
     def __init__(self, path):
         self.path = path
         self.results = {}
+        self.running = None
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        self.running = nodeid
+        self._write()
 
     def pytest_runtest_logreport(self, report):
         # A test's outcome is its call phase, unless setup or teardown failed
@@ -138,10 +154,79 @@ class OutcomeRecorder:
             entry["outcome"] = outcome
             entry["message"] = _short_message(report)
             entry["markers"] = sorted(m for m in MARKERS if m in report.keywords)
+            entry["points"] = dict(report.user_properties).get("points", 1)
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        self.running = None
+        self._write()
 
     def pytest_sessionfinish(self, session):
-        with open(self.path, "w") as f:
-            json.dump(self.results, f, indent=1, sort_keys=True)
+        self._write()
+
+    def _write(self):
+        # Write then rename: a process killed mid-write leaves the last full report.
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"running": self.running, "results": self.results}, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+def read_report(path):
+    """{"running": nodeid or None, "results": {...}}; empty if no report was written."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {"running": None, "results": {}}
+
+
+def pytest_runtest_setup(item):
+    marker = item.get_closest_marker("points")
+    if marker:
+        item.user_properties.append(("points", marker.args[0]))
+
+
+class TestTimeLimitExceeded(BaseException):
+    """Raised by SIGALRM in a test that ran too long. A BaseException, so a
+    student's `except Exception:` cannot swallow it."""
+
+
+class TimeLimit:
+    """Arms SIGALRM around each test phase (Unix, main thread only)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def _limited(self, phase):
+        usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+        if not usable:
+            yield
+            return
+
+        def expire(signum, frame):
+            raise TestTimeLimitExceeded(
+                f"{phase} took longer than the {self.seconds:g} s limit per test: an infinite loop, "
+                "or far more work than the exercise needs?")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_setup(self, item):
+        yield from self._limited("setup")
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(self, item):
+        yield from self._limited("the test")
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_teardown(self, item):
+        yield from self._limited("teardown")
 
 
 def _short_message(report):

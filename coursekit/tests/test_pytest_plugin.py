@@ -1,12 +1,15 @@
 """coursekit.pytest_plugin, exercised in inner pytest runs (pytester)."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from coursekit import COURSE_ROOT
 from coursekit.impl import ENV_VAR
+from coursekit.pytest_plugin import read_report
 
 pytest_plugins = ["pytester"]
 
@@ -95,7 +98,9 @@ def test_course_report_records_each_outcome(run_course_pytest, pytester):
     """)
     report = pytester.path / "report.json"
     run_course_pytest("--course-report", str(report))
-    results = json.loads(report.read_text())
+    written = json.loads(report.read_text())
+    assert written["running"] is None, "no test is running once the session is over"
+    results = written["results"]
     assert {node: r["outcome"] for node, r in results.items()} == {
         "test_report.py::test_passes": "passed",
         "test_report.py::test_fails": "failed",
@@ -104,6 +109,56 @@ def test_course_report_records_each_outcome(run_course_pytest, pytester):
     }
     assert "not today" in results["test_report.py::test_skips"]["message"]
     assert "assert 1 == 2" in results["test_report.py::test_fails"]["message"]
+
+
+def test_course_report_records_points(run_course_pytest, pytester):
+    pytester.makepyfile(test_points="""
+        import pytest
+
+        @pytest.mark.points(3)
+        def test_heavy():
+            pass
+
+        def test_default():
+            pass
+    """)
+    report = pytester.path / "report.json"
+    run_course_pytest("--course-report", str(report))
+    results = read_report(report)["results"]
+    assert results["test_points.py::test_heavy"]["points"] == 3
+    assert results["test_points.py::test_default"]["points"] == 1
+
+
+def test_time_limit_fails_only_the_looping_test(run_course_pytest, pytester):
+    pytester.makepyfile(test_loop="""
+        def test_loops_forever():
+            while True:
+                try:
+                    pass
+                except Exception:  # a student's catch-all must not swallow the time limit
+                    pass
+
+        def test_after_the_loop():
+            pass
+    """)
+    passed, skipped, failed = run_course_pytest("--course-timeout", "0.5").listoutcomes()
+    assert nodeids(passed) == ["test_loop.py::test_after_the_loop"]
+    assert nodeids(failed) == ["test_loop.py::test_loops_forever"]
+    assert "limit" in str(failed[0].longrepr)
+
+
+def test_report_names_the_test_a_dead_process_was_running(tmp_path):
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["coursekit.pytest_plugin"]\n')
+    (tmp_path / "test_crash.py").write_text(
+        "import os\n\ndef test_first():\n    pass\n\ndef test_dies():\n    os._exit(3)\n\ndef test_never_runs():\n    pass\n")
+    report = tmp_path / "report.json"
+    env = dict(os.environ, PYTHONPATH=str(COURSE_ROOT))
+    subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--course-report", str(report)],
+                   cwd=tmp_path, env=env, capture_output=True)
+    written = read_report(report)
+    assert written["running"] == "test_crash.py::test_dies"
+    assert written["results"] == {"test_crash.py::test_first": {
+        "outcome": "passed", "message": "", "markers": [], "points": 1}}
 
 
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks behaviour without a GPU")
