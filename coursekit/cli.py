@@ -6,6 +6,7 @@
     test LESSON [--advanced]  one lesson's tests against your model/ (or --impl PKG)
     progress                  which lessons' basic and advanced suites your model/ passes
     sync-stubs [--check]      regenerate model/ from solutions/ (maintainers), or check drift
+    grade SUBMISSIONS         grade every student's model/ with the test suites (instructors)
 """
 import argparse
 import os
@@ -77,6 +78,17 @@ def cmd_sync_stubs(args):
     return 0
 
 
+def cmd_grade(args):
+    from pathlib import Path
+
+    from coursekit.grade import Limits, grade_class
+    lessons = [find_lesson(name) for name in args.lessons]
+    limits = Limits(args.seconds_per_test, args.seconds_per_run, args.memory_mb)
+    grade_class(Path(args.submissions), lessons, Path(args.out), limits, gradescope=args.gradescope)
+    print(f"wrote {args.out}/grades.csv and {args.out}/feedback/")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="course", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,6 +118,16 @@ def build_parser():
     p = sub.add_parser("sync-stubs", help="regenerate model/ from solutions/ (overwrites model/!)")
     p.add_argument("--check", action="store_true", help="only report drift; exit 1 if any")
     p.set_defaults(func=cmd_sync_stubs)
+
+    p = sub.add_parser("grade", help="grade a folder of submissions (one sub-folder per student)")
+    p.add_argument("submissions")
+    p.add_argument("--lessons", nargs="+", required=True, help="e.g. L01 L02")
+    p.add_argument("--out", default="grades", help="where grades.csv and feedback/ go (default: grades/)")
+    p.add_argument("--seconds-per-test", type=float, default=30.0)
+    p.add_argument("--seconds-per-run", type=float, default=900.0)
+    p.add_argument("--memory-mb", type=int, default=4096)
+    p.add_argument("--gradescope", action="store_true", help="also write Gradescope results.json per student")
+    p.set_defaults(func=cmd_grade)
 
     sub.add_parser("help", help="show this help").set_defaults(func=lambda a: parser.print_help())
     return parser

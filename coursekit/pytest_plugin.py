@@ -129,13 +129,19 @@ def triton_device():
 
 
 class OutcomeRecorder:
-    """Writes {"running": nodeid or null, "results": {nodeid: {"outcome",
-    "message", "points", "markers"}}} to `path` after every test."""
+    """Writes {"collected": [nodeid], "running": nodeid or null, "results":
+    {nodeid: {"outcome", "message", "points", "markers"}}} to `path` after
+    every test."""
 
     def __init__(self, path):
         self.path = path
+        self.collected = []
         self.results = {}
         self.running = None
+
+    def pytest_collection_finish(self, session):
+        self.collected = [item.nodeid for item in session.items]
+        self._write()
 
     def pytest_runtest_logstart(self, nodeid, location):
         self.running = nodeid
@@ -167,17 +173,18 @@ class OutcomeRecorder:
         # Write then rename: a process killed mid-write leaves the last full report.
         tmp = f"{self.path}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"running": self.running, "results": self.results}, f, indent=1, sort_keys=True)
+            json.dump({"collected": self.collected, "running": self.running, "results": self.results},
+                      f, indent=1, sort_keys=True)
         os.replace(tmp, self.path)
 
 
 def read_report(path):
-    """{"running": nodeid or None, "results": {...}}; empty if no report was written."""
+    """The report as written by --course-report; empty if none was written."""
     try:
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        return {"running": None, "results": {}}
+        return {"collected": [], "running": None, "results": {}}
 
 
 def pytest_runtest_setup(item):
