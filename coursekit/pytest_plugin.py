@@ -13,10 +13,14 @@
   run that dies still leaves what it had, plus the test that was running.
 - `--course-timeout SECONDS` fails a test (setup, call or teardown) that runs
   longer, so one infinite loop costs one test, not the run.
+- Tampering guard: code under test that replaces torch's comparison functions
+  or the course's test helpers (say, `torch.allclose = lambda *a, **k: True`)
+  fails the test it ran in, and the originals are put back.
 """
 import json
 import os
 import signal
+import sys
 import threading
 
 import pytest
@@ -72,6 +76,7 @@ def pytest_configure(config):
         os.environ.setdefault("TRITON_INTERPRET", "1")
     if config.getoption("--course-report"):
         config.pluginmanager.register(OutcomeRecorder(config.getoption("--course-report")))
+    config.pluginmanager.register(TamperGuard(), "course-tamper-guard")
     if config.getoption("--course-timeout"):
         config.pluginmanager.register(TimeLimit(config.getoption("--course-timeout")))
 
@@ -191,6 +196,80 @@ def pytest_runtest_setup(item):
     marker = item.get_closest_marker("points")
     if marker:
         item.user_properties.append(("points", marker.args[0]))
+
+
+class TamperGuard:
+    """Remembers what the comparison functions are before any student code runs
+    and checks them after every test phase. Protects torch's and numpy's
+    comparisons, coursekit's helpers and references, and each test module's own
+    names for them. (Code in the same process can always dig deeper; this
+    stops the patches that make a wrong answer look right.)"""
+
+    WATCHED = {"torch": ("allclose", "isclose", "equal", "all", "any", "isnan", "isinf", "isfinite"),
+               "torch.testing": ("assert_close",),
+               "numpy": ("allclose", "isclose", "array_equal")}
+
+    def __init__(self):
+        import coursekit.reference
+        import coursekit.testing
+        self.bindings = {}  # (namespace dict, name) -> original object
+        for module_name, names in self.WATCHED.items():
+            module = sys.modules.get(module_name) or __import__(module_name, fromlist=["_"])
+            for name in names:
+                self._watch(vars(module), name)
+        for module in (coursekit.testing, coursekit.reference):
+            for name, value in vars(module).items():
+                if callable(value) and not name.startswith("_"):
+                    self._watch(vars(module), name)
+        self.originals = {id(obj) for _, obj in self.bindings.values()}
+
+    def _watch(self, namespace, name):
+        self.bindings[(id(namespace), name)] = (namespace, namespace[name])
+
+    def pytest_collection_finish(self, session):
+        # A test module's own reference to assert_close etc. is guarded too.
+        for item in session.items:
+            module = getattr(item, "module", None)
+            for name, value in vars(module).items() if module else ():
+                if id(value) in self.originals:
+                    self._watch(vars(module), name)
+
+    def _restore_tampered(self):
+        tampered = []
+        for (_, name), (namespace, original) in self.bindings.items():
+            if namespace.get(name) is not original:
+                namespace[name] = original
+                tampered.append(f"{namespace.get('__name__', '?')}.{name}")
+        return tampered
+
+    # try/finally: the check runs (and restores) even when the phase failed.
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item):
+        try:
+            return (yield)
+        finally:
+            self._check()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item):
+        try:
+            return (yield)
+        finally:
+            self._check()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item):
+        try:
+            return (yield)
+        finally:
+            self._check()
+
+    def _check(self):
+        tampered = self._restore_tampered()
+        if tampered:
+            raise AssertionError(
+                f"the code under test replaced {', '.join(sorted(tampered))}: a test's comparisons are not "
+                "the code's to change (restored for the next test)")
 
 
 class TestTimeLimitExceeded(BaseException):

@@ -187,3 +187,30 @@ def test_device_fixture_runs_cpu_and_skips_cuda(run_course_pytest, pytester):
     passed, skipped, failed = run_course_pytest().listoutcomes()
     assert nodeids(passed) == ["test_device.py::test_on_device[cpu]"]
     assert nodeids(skipped) == ["test_device.py::test_on_device[cuda]"]
+
+
+def test_tampering_with_comparisons_fails_the_test_and_is_undone(run_course_pytest, pytester):
+    pytester.makepyfile(test_tamper="""
+        import torch
+        import coursekit.testing
+        from coursekit.testing import assert_close
+
+        def test_patches_allclose():
+            torch.allclose = lambda *args, **kwargs: True
+
+        def test_patches_assert_close_everywhere():
+            import sys
+            for module in list(sys.modules.values()):
+                if getattr(module, "assert_close", None) is assert_close:
+                    module.assert_close = lambda *args, **kwargs: None
+
+        def test_comparisons_are_back():
+            assert not torch.allclose(torch.zeros(1), torch.ones(1))
+            assert coursekit.testing.assert_close is assert_close
+    """)
+    passed, skipped, failed = run_course_pytest().listoutcomes()
+    assert nodeids(failed) == ["test_tamper.py::test_patches_allclose",
+                               "test_tamper.py::test_patches_assert_close_everywhere"]
+    assert "torch.allclose" in str(failed[0].longrepr)
+    assert "assert_close" in str(failed[1].longrepr)
+    assert nodeids(passed) == ["test_tamper.py::test_comparisons_are_back"]
