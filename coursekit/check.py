@@ -12,6 +12,8 @@ any check fails, and ends with one line "check: N passed, M failed".
 8. Every notebook runs top to bottom on the reference; each lesson notebook,
    graded by nbgrader's rule, gets full marks there and zero as released to a
    student with the stubs.
+9. The student release (./course release) holds nothing of the solutions or
+   hidden tests.
 """
 import os
 import re
@@ -140,6 +142,16 @@ def check_notebooks(ctx):
     return ok
 
 
+def check_release(ctx):
+    from coursekit.release import build_release, find_leaks
+    out = ctx["stub_dir"] / "release"
+    build_release(out)
+    leaks = find_leaks(out)
+    for leak in leaks:
+        print(f"  LEAK: {leak}")
+    return not leaks
+
+
 CHECKS = [
     ("the tooling passes its own tests", check_tooling, False),
     ("model/ is solutions/ with the solution blocks stripped", check_stubs_in_sync, False),
@@ -149,6 +161,7 @@ CHECKS = [
     ("every test fails on the untouched stubs", check_stubs_fail, False),
     ("known-wrong implementations are caught", check_known_wrong, True),
     ("notebooks run on the reference and grade full / zero", check_notebooks, True),
+    ("the student release leaks no solution or hidden test", check_release, True),
 ]
 
 

@@ -6,6 +6,7 @@
     test LESSON [--advanced]  one lesson's tests against your model/ (or --impl PKG)
     progress                  which lessons' basic and advanced suites your model/ passes
     sync-stubs [--check]      regenerate model/ from solutions/ (maintainers), or check drift
+    release OUT               build the student version into OUT and check nothing leaks (instructors)
     grade SUBMISSIONS         grade every student's model/ with the test suites (instructors)
 """
 import argparse
@@ -78,6 +79,19 @@ def cmd_sync_stubs(args):
     return 0
 
 
+def cmd_release(args):
+    from pathlib import Path
+
+    from coursekit.release import build_release, find_leaks
+    out = Path(args.out)
+    build_release(out)
+    leaks = find_leaks(out)
+    for leak in leaks:
+        print(f"  LEAK: {leak}")
+    print(f"released the course into {out}" if not leaks else f"{len(leaks)} leak(s): do not hand {out} out")
+    return 1 if leaks else 0
+
+
 def cmd_grade(args):
     from pathlib import Path
 
@@ -118,6 +132,10 @@ def build_parser():
     p = sub.add_parser("sync-stubs", help="regenerate model/ from solutions/ (overwrites model/!)")
     p.add_argument("--check", action="store_true", help="only report drift; exit 1 if any")
     p.set_defaults(func=cmd_sync_stubs)
+
+    p = sub.add_parser("release", help="build the student version of the course into OUT")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_release)
 
     p = sub.add_parser("grade", help="grade a folder of submissions (one sub-folder per student)")
     p.add_argument("submissions")

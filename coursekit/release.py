@@ -1,0 +1,127 @@
+"""Build the student version of the course, and prove nothing leaks into it.
+
+    ./course release OUT
+
+OUT gets the course as a student should see it: model/ stubs (generated from
+solutions/), the visible test suites (no known-wrong implementations), the
+lesson texts, the tooling, and the lesson notebooks as produced by
+`nbgrader generate_assignment` in the instructor's nbgrader course folder
+(instructor/nbgrader/: answers replaced by stubs, hidden tests removed, graded
+cells locked and checksummed in its gradebook, which autograding uses later).
+
+The leak check then reads every file of OUT and fails if it finds a solution
+marker, a hidden-test marker, or any line of a solution block or hidden test.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+
+from coursekit import COURSE_ROOT, stubs
+from coursekit.lessons import LESSONS
+
+NBGRADER_DIR = COURSE_ROOT / "instructor" / "nbgrader"
+COPIED = ("README.md", "course", "pyproject.toml", "constraints.txt", "environment.yml", "conftest.py",
+          ".gitignore", "tutorial", "benchmarks")
+SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION", "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")
+BLOCK = re.compile(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n(.*?)### END \1", re.DOTALL)
+
+
+def nbgrader(*args):
+    """Run an nbgrader command in the instructor's course folder."""
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    subprocess.run([sys.executable, "-m", "nbgrader", *args, "--log-level=WARN"], cwd=NBGRADER_DIR, env=env,
+                   check=True)
+
+
+def generate_assignment(lesson) -> Path:
+    """nbgrader generate_assignment for one lesson; returns the released notebook."""
+    source = NBGRADER_DIR / "source" / lesson.id
+    source.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(lesson.notebook, source / lesson.notebook.name)
+    nbgrader("generate_assignment", lesson.id, "--force")
+    return NBGRADER_DIR / "release" / lesson.id / lesson.notebook.name
+
+
+def build_release(out: Path):
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        source = COURSE_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, out / name, ignore=SKIP)
+        elif source.exists():
+            shutil.copy2(source, out / name)
+    shutil.copytree(COURSE_ROOT / "coursekit", out / "coursekit", ignore=shutil.ignore_patterns(
+        "__pycache__", "tests"))
+    (out / "model").mkdir()
+    for name, text in stubs.expected_stubs(COURSE_ROOT / "solutions").items():
+        (out / "model" / name).write_text(text)
+    (out / "notebooks").mkdir()
+    shutil.copyfile(COURSE_ROOT / "notebooks" / "00_start.ipynb", out / "notebooks" / "00_start.ipynb")
+    for lesson in LESSONS:
+        if not lesson.available:
+            continue
+        (out / "testcases" / lesson.id).mkdir(parents=True)
+        for test in lesson.tests.glob("test_*.py"):
+            shutil.copyfile(test, out / "testcases" / lesson.id / test.name)
+        if lesson.notebook.exists():
+            shutil.copyfile(generate_assignment(lesson), out / "notebooks" / lesson.notebook.name)
+
+
+def secret_blocks():
+    """The substantial lines of every solution block and hidden test, block by
+    block, from the reference modules and the source notebooks."""
+    texts = [p.read_text() for p in (COURSE_ROOT / "solutions").glob("*.py")]
+    for path in (COURSE_ROOT / "notebooks").glob("*.ipynb"):
+        texts += [cell.source for cell in nbformat.read(str(path), as_version=4).cells]
+    blocks = []
+    for text in texts:
+        for kind, body in BLOCK.findall(text):
+            lines = {line.strip() for line in body.splitlines() if _substantial(line)}
+            if lines:
+                blocks.append((kind.lower(), lines))
+    return blocks
+
+
+def _substantial(line):
+    # Short lines ("return out", "pass", a bracket) and comments prove nothing.
+    stripped = line.strip()
+    return len(stripped) >= 24 and not stripped.startswith("#")
+
+
+def _leaked(block, lines):
+    """A file gives a block away if it holds all of its lines, or at least
+    three and half of them; one shared idiom is not a leak."""
+    found = len(block & lines)
+    return found == len(block) or (found >= 3 and 2 * found >= len(block))
+
+
+def find_leaks(out: Path):
+    """Problems that would hand a student the answers."""
+    problems = [f"{path.relative_to(out)} exists" for path in
+                [out / "solutions", *out.glob("testcases/*/known_wrong")] if path.exists()]
+    blocks = secret_blocks()
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        if path.suffix == ".ipynb":
+            text = "\n".join(cell.source for cell in nbformat.reads(text, as_version=4).cells)
+        where = path.relative_to(out)
+        if where.parts[0] in ("model", "notebooks", "testcases"):  # the tooling and docs name the markers
+            problems += [f"{where} contains {marker!r}" for marker in MARKERS if marker in text]
+        lines = {line.strip() for line in text.splitlines()}
+        for kind, block in blocks:
+            if _leaked(block, lines):
+                sample = sorted(block & lines)[0]
+                problems.append(f"{where} holds a {kind} block ({len(block & lines)}/{len(block)} lines, "
+                                f"e.g. {sample!r})")
+    return problems
