@@ -8,6 +8,7 @@
     sync-stubs [--check]      regenerate model/ from solutions/ (maintainers), or check drift
     release OUT               build the student version into OUT and check nothing leaks (instructors)
     grade SUBMISSIONS         grade every student's model/ with the test suites (instructors)
+    nbgrader ARGS             nbgrader in instructor/nbgrader, student code kept away from solutions/
 """
 import argparse
 import os
@@ -19,7 +20,7 @@ from coursekit.impl import impl_name
 from coursekit.lessons import LESSONS, find_lesson
 
 KERNEL_NAME = "efficient-attention"
-PASSTHROUGH = ("lab", "test")  # commands that hand unknown options on (to jupyter lab, to pytest)
+PASSTHROUGH = ("lab", "test", "nbgrader")  # commands that hand unknown options on (to jupyter lab, to pytest)
 START_PAGE = "notebooks/00_start.ipynb"
 
 
@@ -92,6 +93,11 @@ def cmd_release(args):
     return 1 if leaks else 0
 
 
+def cmd_nbgrader(args):
+    from coursekit.release import nbgrader
+    return nbgrader(*args.passthrough, check=False)
+
+
 def cmd_grade(args):
     from pathlib import Path
 
@@ -146,6 +152,9 @@ def build_parser():
     p.add_argument("--memory-mb", type=int, default=4096)
     p.add_argument("--gradescope", action="store_true", help="also write Gradescope results.json per student")
     p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser("nbgrader", help="run nbgrader in instructor/nbgrader (e.g. autograde L01_scaled_dot_product)")
+    p.set_defaults(func=cmd_nbgrader)
 
     sub.add_parser("help", help="show this help").set_defaults(func=lambda a: parser.print_help())
     return parser

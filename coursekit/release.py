@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -32,11 +33,17 @@ MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION", "### BEGIN HIDDEN TESTS", "
 BLOCK = re.compile(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n(.*?)### END \1", re.DOTALL)
 
 
-def nbgrader(*args):
-    """Run an nbgrader command in the instructor's course folder."""
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    subprocess.run([sys.executable, "-m", "nbgrader", *args, "--log-level=WARN"], cwd=NBGRADER_DIR, env=env,
-                   check=True)
+def nbgrader(*args, check=True):
+    """Run an nbgrader command in the instructor's course folder. Kernels it
+    starts import the tooling from a copy without solutions/ next to it, so
+    student code cannot reach the reference through coursekit."""
+    with tempfile.TemporaryDirectory(prefix="nbgrader-path-") as tmp:
+        shutil.copytree(COURSE_ROOT / "coursekit", Path(tmp) / "coursekit", ignore=shutil.ignore_patterns(
+            "__pycache__", "tests"))
+        env = dict(os.environ, PYTHONPATH=tmp,
+                   PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+        return subprocess.run([sys.executable, "-m", "nbgrader", *args, "--log-level=WARN"], cwd=NBGRADER_DIR,
+                              env=env, check=check).returncode
 
 
 def generate_assignment(lesson) -> Path:
