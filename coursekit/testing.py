@@ -155,3 +155,20 @@ def assert_rejects(fn, *names):
         raise AssertionError(f"expected a ValueError or TypeError naming {' or '.join(names)}; nothing was raised")
     if not any(name in message for name in names):
         raise AssertionError(f"the error message should name the argument ({' or '.join(names)}); got: {message!r}")
+
+
+def assert_same_mask(got, expected, *, what="mask", hint=""):
+    """Exact comparison of boolean masks, naming the first differing position."""
+    assert isinstance(got, torch.Tensor), f"{what}: expected a torch.Tensor, got {type(got).__name__}"
+    assert got.dtype == torch.bool, f"{what} has dtype {got.dtype}, expected torch.bool (True = may attend)"
+    assert tuple(got.shape) == tuple(expected.shape), (
+        f"{what} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}" + (f"\n  hint: {hint}" if hint else ""))
+    expected = expected.to(got.device)
+    wrong = got != expected
+    if wrong.any():
+        first = tuple(int(i) for i in wrong.nonzero()[0])
+        shown = f"\n  expected:\n{expected.int().cpu()}\n  got:\n{got.int().cpu()}" if got.numel() <= 64 else ""
+        raise AssertionError(
+            f"{what} differs from the reference at {int(wrong.sum())} of {wrong.numel()} positions; "
+            f"first at index {first}: expected {bool(expected[first])}, got {bool(got[first])}"
+            + shown + (f"\n  hint: {hint}" if hint else ""))

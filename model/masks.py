@@ -10,6 +10,7 @@ Conventions (COURSE.md):
 - Masks broadcast to (..., Lq, Lk): a (Lq, Lk) mask serves every batch element
   and head; a (B, 1, 1, Lk) mask serves every query and head.
 """
+import numbers
 from collections import OrderedDict
 
 import torch

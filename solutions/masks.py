@@ -10,6 +10,7 @@ Conventions (COURSE.md):
 - Masks broadcast to (..., Lq, Lk): a (Lq, Lk) mask serves every batch element
   and head; a (B, 1, 1, Lk) mask serves every query and head.
 """
+import numbers
 from collections import OrderedDict
 
 import torch
@@ -44,18 +45,19 @@ def padding_mask(lengths, max_len=None, device=None):
         if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.dim() != 1:
             raise TypeError(f"lengths must be a 1-D integer tensor, got {lengths.dtype} of shape {tuple(lengths.shape)}")
         device = lengths.device if device is None else device
-    elif not (isinstance(lengths, (list, tuple)) and all(isinstance(n, int) and not isinstance(n, bool)
-                                                         for n in lengths)):
+    elif not (isinstance(lengths, (list, tuple)) and all(_is_int(n) for n in lengths)):
         raise TypeError(f"lengths must be a list of ints or a 1-D integer tensor, got {lengths!r}")
+    if max_len is not None and not _is_int(max_len):
+        raise TypeError(f"max_len must be an int or None, got {type(max_len).__name__}")
     lengths = torch.as_tensor(lengths, dtype=torch.long, device=device)
     if lengths.numel() == 0:
         raise ValueError("lengths is empty: need one length per batch element")
     if (lengths < 0).any():
         raise ValueError(f"lengths must be >= 0, got {lengths.tolist()}")
-    longest = int(lengths.max())
-    max_len = longest if max_len is None else max_len
+    longest = int(lengths.max())  # one host sync, to validate and to default max_len
+    max_len = longest if max_len is None else int(max_len)
     if longest > max_len:
-        raise ValueError(f"a length of {longest} does not fit in max_len={max_len}")
+        raise ValueError(f"lengths holds {longest}, which does not fit in max_len={max_len}")
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]  # (B, max_len)
     ### END SOLUTION
 
@@ -76,6 +78,8 @@ def attention_mask_from_padding(key_padding, query_padding=None):
     _check_bool_mask("query_padding", query_padding, dims=2)
     if query_padding.shape[0] != key_padding.shape[0]:
         raise ValueError(f"query_padding has batch {query_padding.shape[0]}, key_padding has {key_padding.shape[0]}")
+    if query_padding.device != key_padding.device:
+        raise ValueError(f"query_padding is on {query_padding.device}, key_padding on {key_padding.device}")
     return mask & query_padding[:, None, :, None]  # (B, 1, Lq, 1) & (B, 1, 1, Lk) -> (B, 1, Lq, Lk)
     ### END SOLUTION
 
@@ -91,6 +95,9 @@ def combine_masks(*masks):
         _check_bool_mask(f"masks[{i}]", mask)
     if not present:
         return None
+    devices = {m.device for m in present}
+    if len(devices) > 1:
+        raise ValueError(f"masks must be on one device, got {sorted(str(d) for d in devices)}")
     try:
         torch.broadcast_shapes(*(m.shape for m in present))
     except RuntimeError:
@@ -111,8 +118,8 @@ def mask_to_bias(mask, dtype=torch.float32):
     """
     ### BEGIN SOLUTION
     _check_bool_mask("mask", mask)
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype (float16, bfloat16, float32, float64), got {dtype}")
     bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
     return bias.masked_fill(~mask, float("-inf"))
     ### END SOLUTION
@@ -141,7 +148,11 @@ class MaskCache:
         """causal_mask(q_len, k_len, device), from the cache when possible."""
         ### BEGIN SOLUTION
         k_len = q_len if k_len is None else k_len
-        key = (q_len, k_len, torch.device(device or "cpu"))
+        # Validate before the lookup: 3.0 == 3 and True == 1 as dict keys, so a
+        # bad length would otherwise be served the mask cached for a good one.
+        check_positive_int("q_len", q_len)
+        check_positive_int("k_len", k_len)
+        key = (q_len, k_len, _device_key(device))
         if key in self._masks:
             self.hits += 1
             self._masks.move_to_end(key)
@@ -169,6 +180,19 @@ class MaskCache:
 
 
 ### BEGIN SOLUTION
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _device_key(device):
+    """torch.device(device), with "cuda" resolved to "cuda:<current>" so that
+    "cuda" and "cuda:0" share one cache entry."""
+    device = torch.device("cpu" if device is None else device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _check_bool_mask(name, mask, dims=None):
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")

@@ -199,10 +199,10 @@ def test_tampering_with_comparisons_fails_the_test_and_is_undone(run_course_pyte
             torch.allclose = lambda *args, **kwargs: True
 
         def test_patches_assert_close_everywhere():
+            # Only this run's modules: the outer run's guard watches its own.
             import sys
-            for module in list(sys.modules.values()):
-                if getattr(module, "assert_close", None) is assert_close:
-                    module.assert_close = lambda *args, **kwargs: None
+            for module in (sys.modules[__name__], coursekit.testing):
+                module.assert_close = lambda *args, **kwargs: None
 
         def test_comparisons_are_back():
             assert not torch.allclose(torch.zeros(1), torch.ones(1))
