@@ -14,6 +14,8 @@ any check fails, and ends with one line "check: N passed, M failed".
    student with the stubs.
 9. The student release (./course release) holds nothing of the solutions or
    hidden tests.
+10. A simulated class (known-wrong, looping, crashing, tampering, solution-
+   stealing and vandal submissions) is graded exactly (coursekit/tests, slow).
 """
 import os
 import re
@@ -56,8 +58,14 @@ def _count(results, outcome):
 
 
 def check_tooling(ctx):
-    run = subprocess.run([sys.executable, "-m", "pytest", "coursekit/tests", "-q", "-p", "no:cacheprovider"],
-                         cwd=COURSE_ROOT)
+    run = subprocess.run([sys.executable, "-m", "pytest", "coursekit/tests", "-m", "not slow", "-q",
+                          "-p", "no:cacheprovider"], cwd=COURSE_ROOT)
+    return run.returncode == 0
+
+
+def check_grading(ctx):
+    run = subprocess.run([sys.executable, "-m", "pytest", "coursekit/tests", "-m", "slow", "-q",
+                          "-p", "no:cacheprovider"], cwd=COURSE_ROOT)
     return run.returncode == 0
 
 
@@ -162,6 +170,7 @@ CHECKS = [
     ("known-wrong implementations are caught", check_known_wrong, True),
     ("notebooks run on the reference and grade full / zero", check_notebooks, True),
     ("the student release leaks no solution or hidden test", check_release, True),
+    ("a simulated class is graded exactly (loops, crashes, tampering, vandals)", check_grading, True),
 ]
 
 

@@ -104,7 +104,7 @@ def cmd_grade(args):
     from coursekit.grade import Limits, grade_class
     lessons = [find_lesson(name) for name in args.lessons]
     limits = Limits(args.seconds_per_test, args.seconds_per_run, args.memory_mb)
-    grade_class(Path(args.submissions), lessons, Path(args.out), limits, gradescope=args.gradescope)
+    grade_class(Path(args.submissions), lessons, Path(args.out), limits, gradescope=args.gradescope, jobs=args.jobs)
     print(f"wrote {args.out}/grades.csv and {args.out}/feedback/")
     return 0
 
@@ -150,6 +150,7 @@ def build_parser():
     p.add_argument("--seconds-per-test", type=float, default=30.0)
     p.add_argument("--seconds-per-run", type=float, default=900.0)
     p.add_argument("--memory-mb", type=int, default=4096)
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs side by side (default: one per core)")
     p.add_argument("--gradescope", action="store_true", help="also write Gradescope results.json per student")
     p.set_defaults(func=cmd_grade)
 

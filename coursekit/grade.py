@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,8 +103,9 @@ def _limit_resources(memory_mb):
 
 
 def _run_once(sandbox: Path, report: Path, deselect, limits: Limits):
+    # One thread per run: runs side by side (--jobs) do not fight over cores.
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(sandbox), "LANG": "C.UTF-8",
-           "COURSE_IMPL": "model", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg"}
+           "COURSE_IMPL": "model", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-I", "-m", "pytest", "testcases", "--impl", "model", "-q", "--tb=short",
                "-p", "no:cacheprovider", "--course-report", str(report),
                "--course-timeout", str(limits.seconds_per_test)]
@@ -204,15 +206,21 @@ def gradescope_results(lessons):
                       for g in lessons for node, t in g.tests.items()]}
 
 
-def grade_class(submissions: Path, lessons, out: Path, limits: Limits = Limits(), gradescope=False, log=print):
+def grade_class(submissions: Path, lessons, out: Path, limits: Limits = Limits(), gradescope=False, jobs=1,
+                log=print):
+    """Grade every student of `submissions` on every lesson, `jobs` runs at a time."""
     with tempfile.TemporaryDirectory(prefix="grading-") as work:
         students = snapshot(submissions, Path(work))
-        baselines = {lesson.id: reference_baseline(lesson, limits) for lesson in lessons}
-        grades = []
-        for student, model_dir in students.items():
-            for lesson in lessons:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            baselines = dict(zip((lesson.id for lesson in lessons),
+                                 pool.map(lambda lesson: reference_baseline(lesson, limits), lessons)))
+
+            def grade(pair):
+                (student, model_dir), lesson = pair
                 grade = score_lesson(student, lesson, run_lesson(lesson, model_dir, limits), baselines[lesson.id])
                 log(f"{student:24s} {lesson.id:28s} {grade.score:g} / {grade.max_score:g}")
-                grades.append(grade)
+                return grade
+
+            grades = list(pool.map(grade, [(s, lesson) for s in students.items() for lesson in lessons]))
     write_outputs(grades, out, gradescope)
     return grades

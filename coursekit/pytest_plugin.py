@@ -76,9 +76,23 @@ def pytest_configure(config):
         os.environ.setdefault("TRITON_INTERPRET", "1")
     if config.getoption("--course-report"):
         config.pluginmanager.register(OutcomeRecorder(config.getoption("--course-report")))
+        _skip_hypothesis_shrinking()
     config.pluginmanager.register(TamperGuard(), "course-tamper-guard")
     if config.getoption("--course-timeout"):
         config.pluginmanager.register(TimeLimit(config.getoption("--course-timeout")))
+
+
+def _skip_hypothesis_shrinking():
+    """Batch runs (the self-checks, progress, grading) need to know that a
+    property fails, not its smallest counterexample, which can take seconds
+    to find for every wrong implementation. Test modules build their settings
+    after this, so they inherit it."""
+    try:
+        from hypothesis import Phase, settings
+    except ImportError:
+        return
+    settings.register_profile("course-batch", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    settings.load_profile("course-batch")
 
 
 def pytest_report_header(config):

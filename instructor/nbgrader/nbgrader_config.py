@@ -22,3 +22,12 @@ c.IgnorePattern.pattern = r"\w*Warning: "
 # Keep runaway prints from bloating the gradebook and feedback.
 c.LimitOutput.max_lines = 200
 c.LimitOutput.max_traceback = 60
+
+# Answer cells must not rig the graded cells' comparisons (torch.allclose =
+# lambda *a, **k: True): after nbgrader restores the locked cells, insert
+# ungraded cells that record the comparison functions first and put them back
+# before every graded cell (coursekit/nbguard.py).
+from nbgrader.preprocessors import CheckCellMetadata, ClearOutput, DeduplicateIds, OverwriteCells, OverwriteKernelspec
+
+c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells,
+                                      "coursekit.nbguard.guard_graded_cells", CheckCellMetadata]
