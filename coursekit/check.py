@@ -5,7 +5,8 @@ any check fails, and ends with one line "check: N passed, M failed".
 1. The tooling passes its own tests (coursekit/tests).
 2. model/ is exactly solutions/ with the solution blocks stripped.
 3. No test imports solutions/ (expected values come from coursekit.reference).
-4. Notebooks are committed without outputs.
+4. Notebooks are committed without outputs; every graded test cell ends in
+   an assert.
 5. Every test passes on the reference solutions.
 6. Every test fails on the untouched stubs (those that pass are listed).
 7. Each lesson's known-wrong implementations are caught by the suite they name.
@@ -17,6 +18,7 @@ any check fails, and ends with one line "check: N passed, M failed".
 10. A simulated class (known-wrong, looping, crashing, tampering, solution-
    stealing and vandal submissions) is graded exactly (coursekit/tests, slow).
 """
+import ast
 import os
 import re
 import subprocess
@@ -88,10 +90,41 @@ def check_no_solution_imports(ctx):
 
 
 def check_notebooks_clean(ctx):
-    dirty = [p.name for p in sorted(notebooks.NOTEBOOKS.glob("*.ipynb")) if notebooks.has_outputs(notebooks.load(p))]
-    for name in dirty:
-        print(f"  notebooks/{name} has outputs or execution counts: clear them before committing")
-    return not dirty
+    problems = []
+    for path in sorted(notebooks.NOTEBOOKS.glob("*.ipynb")):
+        nb = notebooks.load(path)
+        if notebooks.has_outputs(nb):
+            problems.append(f"notebooks/{path.name} has outputs or execution counts: clear them before committing")
+        problems += [f"notebooks/{path.name}: graded cell {cell.metadata.nbgrader.grade_id} does not end in an "
+                     "assert or assert_* call (nbgrader gives full marks to a cell that merely runs)"
+                     for cell in notebooks.graded_cells(nb)
+                     if not cell.metadata.nbgrader.get("solution") and not _ends_in_assert(cell.source)]
+    for problem in problems:
+        print(f"  {problem}")
+    return not problems
+
+
+def _ends_in_assert(source):
+    """Does the cell's last statement verify something? An assert, a call to an
+    assert* function (torch.testing.assert_close), or a loop/with/if whose body
+    ends in one; a bare expression like `x == y` does not."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return False
+    return bool(body) and _verifies(body[-1])
+
+
+def _verifies(statement):
+    if isinstance(statement, ast.Assert):
+        return True
+    if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call):
+        function = statement.value.func
+        name = function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", "")
+        return name.startswith("assert")
+    if isinstance(statement, (ast.For, ast.While, ast.With, ast.If)) and statement.body:
+        return _verifies(statement.body[-1])
+    return False
 
 
 def check_reference_passes(ctx):
@@ -164,7 +197,7 @@ CHECKS = [
     ("the tooling passes its own tests", check_tooling, False),
     ("model/ is solutions/ with the solution blocks stripped", check_stubs_in_sync, False),
     ("tests never import solutions/", check_no_solution_imports, False),
-    ("notebooks are committed without outputs", check_notebooks_clean, False),
+    ("notebooks are committed without outputs; graded cells end in an assert", check_notebooks_clean, False),
     ("every test passes on the reference solutions", check_reference_passes, False),
     ("every test fails on the untouched stubs", check_stubs_fail, False),
     ("known-wrong implementations are caught", check_known_wrong, True),

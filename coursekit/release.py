@@ -33,17 +33,25 @@ MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION", "### BEGIN HIDDEN TESTS", "
 BLOCK = re.compile(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n(.*?)### END \1", re.DOTALL)
 
 
-def nbgrader(*args, check=True):
-    """Run an nbgrader command in the instructor's course folder. Kernels it
-    starts import the tooling from a copy without solutions/ next to it, so
-    student code cannot reach the reference through coursekit."""
+def nbgrader(*args, check=True, course_dir=None):
+    """Run an nbgrader command in the instructor's course folder (or
+    `course_dir`). Kernels it starts import the tooling from a copy without
+    solutions/ next to it, so student code cannot reach the reference through
+    coursekit."""
+    course_dir = Path(course_dir or NBGRADER_DIR)
     with tempfile.TemporaryDirectory(prefix="nbgrader-path-") as tmp:
         shutil.copytree(COURSE_ROOT / "coursekit", Path(tmp) / "coursekit", ignore=shutil.ignore_patterns(
             "__pycache__", "tests"))
+        if args and args[0] == "autograde" and (course_dir / "submitted").is_dir():
+            # Grade from a private snapshot: a notebook run earlier cannot rewrite
+            # a later student's submission through ../../submitted.
+            snapshot = Path(tmp) / "submitted"
+            shutil.copytree(course_dir / "submitted", snapshot)
+            args = (*args, f"--CourseDirectory.submitted_directory={snapshot}")
         env = dict(os.environ, PYTHONPATH=tmp,
                    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-        return subprocess.run([sys.executable, "-m", "nbgrader", *args, "--log-level=WARN"], cwd=NBGRADER_DIR,
-                              env=env, check=check).returncode
+        return subprocess.run([sys.executable, "-m", "nbgrader", *args, "--log-level=WARN"],
+                              cwd=course_dir, env=env, check=check).returncode
 
 
 def generate_assignment(lesson) -> Path:
