@@ -19,7 +19,6 @@ any check fails, and ends with one line "check: N passed, M failed".
    stealing and vandal submissions) is graded exactly (coursekit/tests, slow).
 """
 import ast
-import os
 import re
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 
 from coursekit import COURSE_ROOT, known_wrong, notebooks, stubs
 from coursekit.lessons import LESSONS
-from coursekit.pytest_plugin import read_report
+from coursekit.pytest_plugin import run_with_report
 
 STUB_PACKAGE = "course_stubs"
 
@@ -40,16 +39,7 @@ def _header(text):
 
 def _run_pytest(impl, *args, workdir=None, capture=True):
     """pytest over all lessons; returns (exit code, {nodeid: result})."""
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.json"
-        env = dict(os.environ)
-        if workdir:
-            env["PYTHONPATH"] = os.pathsep.join([str(workdir), str(COURSE_ROOT)])
-        run = subprocess.run(
-            [sys.executable, "-m", "pytest", "testcases", "--impl", impl, "-p", "no:cacheprovider",
-             "--course-report", str(report), *args],
-            cwd=COURSE_ROOT, env=env, capture_output=capture, text=True)
-        results = read_report(report)["results"]
+    run, results = run_with_report(["testcases"], impl, *args, pythonpath=workdir, capture=capture)
     if capture and not results:
         print(run.stdout[-3000:], run.stderr[-3000:])
     return run.returncode, results

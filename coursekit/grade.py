@@ -37,10 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coursekit import COURSE_ROOT
+from coursekit import COURSE_ROOT, copy_coursekit
 from coursekit.pytest_plugin import read_report
-
-TOOLING = ("coursekit", "conftest.py", "pyproject.toml")
 
 
 @dataclass
@@ -79,12 +77,9 @@ def snapshot(submissions: Path, work: Path) -> dict:
 
 def make_sandbox(lesson, model_dir: Path) -> Path:
     root = Path(tempfile.mkdtemp(prefix="grade-"))
-    for name in TOOLING:
-        source = COURSE_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__", "tests"))
-        else:
-            shutil.copyfile(source, root / name)
+    copy_coursekit(root)
+    for name in ("conftest.py", "pyproject.toml"):  # the plugin, and pytest's settings
+        shutil.copyfile(COURSE_ROOT / name, root / name)
     tests = root / "testcases" / lesson.id
     tests.mkdir(parents=True)
     for path in lesson.tests.glob("test_*.py"):

@@ -14,17 +14,14 @@ appended to MODULE, so its definitions replace the reference ones (and every
 caller inside the module sees them). The named suite must then fail.
 """
 import ast
-import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from coursekit import COURSE_ROOT
-from coursekit.pytest_plugin import read_report
+from coursekit.pytest_plugin import run_with_report
 
 SETTING = re.compile(r'^(MODULE|CAUGHT_BY)\s*=\s*"(\w+)"', re.MULTILINE)
 
@@ -73,14 +70,9 @@ def check_suite(lesson, suite, paths, workdir: Path):
     packages = {f"known_wrong_{lesson.number.lower()}_{path.stem}": path for path in paths}
     for package, path in packages.items():
         build_package(path, workdir, package)
-    report = workdir / f"{lesson.number}_{suite}.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(workdir), str(COURSE_ROOT)]))
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", str(lesson.tests / f"test_{suite}.py"), "--impl", ",".join(packages),
-         "-q", "--tb=no", "-p", "no:cacheprovider", "--course-report", str(report)],
-        cwd=COURSE_ROOT, env=env, capture_output=True, text=True)
-    error = "" if report.exists() else (run.stdout[-2000:] + run.stderr[-2000:])
-    results = read_report(report)["results"]
+    run, results = run_with_report([lesson.tests / f"test_{suite}.py"], ",".join(packages), "-q", "--tb=no",
+                                   pythonpath=workdir)
+    error = "" if results else (run.stdout[-2000:] + run.stderr[-2000:])
     verdicts = []
     for package, path in packages.items():
         _, _, summary = describe(path)

@@ -13,16 +13,14 @@ import importlib
 
 from nbformat.v4 import new_code_cell
 
-WATCHED = {"torch": ("allclose", "isclose", "equal", "all", "any", "isnan", "isinf", "isfinite"),
-           "torch.testing": ("assert_close",),
-           "numpy": ("allclose", "isclose", "array_equal"),
-           "numpy.testing": ("assert_allclose", "assert_array_equal")}
+from coursekit.testing import COMPARISONS
+
 _originals = {}
 
 
 def capture():
     """Record the comparison functions (run before any student code)."""
-    for module_name, names in WATCHED.items():
+    for module_name, names in COMPARISONS.items():
         module = importlib.import_module(module_name)
         for name in names:
             _originals[module_name, name] = getattr(module, name)

@@ -1,13 +1,8 @@
 """`course progress`: which lessons' basic and advanced suites the student's
 model/ passes, as a table. One pytest run over every lesson that has landed."""
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
-from coursekit import COURSE_ROOT
 from coursekit.lessons import LESSONS
-from coursekit.pytest_plugin import read_report
+from coursekit.pytest_plugin import run_with_report
 
 
 def _tally(results, lesson, suite):
@@ -26,12 +21,7 @@ def _cell(passed, total):
 
 def show_progress(impl) -> int:
     landed = [lesson for lesson in LESSONS if lesson.available]
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.json"
-        subprocess.run([sys.executable, "-m", "pytest", *(str(l.tests) for l in landed), "--impl", impl,
-                        "-q", "--tb=no", "-p", "no:cacheprovider", "--course-report", str(report)],
-                       cwd=COURSE_ROOT, capture_output=True, text=True)
-        results = read_report(report)["results"]
+    _, results = run_with_report([lesson.tests for lesson in landed], impl, "-q", "--tb=no")
     if not results:
         print(f"could not run the tests for {impl!r}: try ./course test L01 to see why")
         return 1

@@ -17,6 +17,7 @@
   or the course's test helpers (say, `torch.allclose = lambda *a, **k: True`)
   fails the test it ran in, and the originals are put back.
 """
+import importlib
 import json
 import os
 import signal
@@ -206,6 +207,25 @@ def read_report(path):
         return {"collected": [], "running": None, "results": {}}
 
 
+def run_with_report(targets, impl, *args, pythonpath=None, capture=True):
+    """pytest on `targets` (paths) with `impl` in a subprocess from the course
+    folder, `pythonpath` (where impl lives) first on the path; returns
+    (the finished process, {nodeid: result})."""
+    import subprocess
+    import tempfile
+
+    from coursekit import COURSE_ROOT
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), str(COURSE_ROOT)])
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "report.json")
+        run = subprocess.run([sys.executable, "-m", "pytest", *map(str, targets), "--impl", impl,
+                              "-p", "no:cacheprovider", "--course-report", report, *args],
+                             cwd=COURSE_ROOT, env=env, capture_output=capture, text=True)
+        return run, read_report(report)["results"]
+
+
 def pytest_runtest_setup(item):
     marker = item.get_closest_marker("points")
     if marker:
@@ -219,16 +239,12 @@ class TamperGuard:
     names for them. (Code in the same process can always dig deeper; this
     stops the patches that make a wrong answer look right.)"""
 
-    WATCHED = {"torch": ("allclose", "isclose", "equal", "all", "any", "isnan", "isinf", "isfinite"),
-               "torch.testing": ("assert_close",),
-               "numpy": ("allclose", "isclose", "array_equal")}
-
     def __init__(self):
         import coursekit.reference
         import coursekit.testing
         self.bindings = {}  # (namespace dict, name) -> original object
-        for module_name, names in self.WATCHED.items():
-            module = sys.modules.get(module_name) or __import__(module_name, fromlist=["_"])
+        for module_name, names in coursekit.testing.COMPARISONS.items():
+            module = importlib.import_module(module_name)
             for name in names:
                 self._watch(vars(module), name)
         for module in (coursekit.testing, coursekit.reference):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import nbformat
 
-from coursekit import COURSE_ROOT, stubs
+from coursekit import COURSE_ROOT, copy_coursekit, stubs
 from coursekit.lessons import LESSONS
 
 NBGRADER_DIR = COURSE_ROOT / "instructor" / "nbgrader"
@@ -40,8 +40,7 @@ def nbgrader(*args, check=True, course_dir=None):
     coursekit."""
     course_dir = Path(course_dir or NBGRADER_DIR)
     with tempfile.TemporaryDirectory(prefix="nbgrader-path-") as tmp:
-        shutil.copytree(COURSE_ROOT / "coursekit", Path(tmp) / "coursekit", ignore=shutil.ignore_patterns(
-            "__pycache__", "tests"))
+        copy_coursekit(tmp)
         if args and args[0] == "autograde" and (course_dir / "submitted").is_dir():
             # Grade from a private snapshot: a notebook run earlier cannot rewrite
             # a later student's submission through ../../submitted.
@@ -73,8 +72,7 @@ def build_release(out: Path):
             shutil.copytree(source, out / name, ignore=SKIP)
         elif source.exists():
             shutil.copy2(source, out / name)
-    shutil.copytree(COURSE_ROOT / "coursekit", out / "coursekit", ignore=shutil.ignore_patterns(
-        "__pycache__", "tests"))
+    copy_coursekit(out)
     (out / "model").mkdir()
     for name, text in stubs.expected_stubs(COURSE_ROOT / "solutions").items():
         (out / "model" / name).write_text(text)

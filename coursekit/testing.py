@@ -75,6 +75,15 @@ def random_bool_mask(*shape, seed=0, p_keep=0.7, device="cpu"):
     return (torch.rand(*shape, generator=gen) < p_keep).to(device)
 
 
+# The comparison functions checks rely on. Code under test must not replace
+# them; the pytest plugin and the notebook guard (coursekit/nbguard.py) both
+# watch this list.
+COMPARISONS = {"torch": ("allclose", "isclose", "equal", "all", "any", "isnan", "isinf", "isfinite"),
+               "torch.testing": ("assert_close",),
+               "numpy": ("allclose", "isclose", "array_equal"),
+               "numpy.testing": ("assert_allclose", "assert_array_equal")}
+
+
 # ---------------------------------------------------------------------------
 # assert_close
 # ---------------------------------------------------------------------------
