@@ -8,6 +8,7 @@ to cover the implementation's own rounding, not input quantisation.
 import math
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # ---------------------------------------------------------------------------
 # Tolerances: the one table every test uses.  A value passes when
@@ -181,3 +182,40 @@ def assert_same_mask(got, expected, *, what="mask", hint=""):
             f"{what} differs from the reference at {int(wrong.sum())} of {wrong.numel()} positions; "
             f"first at index {first}: expected {bool(expected[first])}, got {bool(got[first])}"
             + shown + (f"\n  hint: {hint}" if hint else ""))
+
+
+# ---------------------------------------------------------------------------
+# Memory: what a tiled kernel must never build. A TorchDispatchMode sees every
+# op that runs, forward and backward, below autograd; it records the size of
+# the storage behind each result, so a view or an expand of a big buffer counts
+# as that buffer and a cheap expand of a small one does not.
+# ---------------------------------------------------------------------------
+class LargestTensorRecorder(TorchDispatchMode):
+    """`with LargestTensorRecorder() as rec: ...` then rec.elements, rec.op:
+    the most elements any op's result had behind it, and which op made it."""
+
+    def __init__(self):
+        super().__init__()
+        self.elements, self.op = 0, None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.element_size() > 0:
+                elements = t.untyped_storage().nbytes() // t.element_size()
+                if elements > self.elements:
+                    self.elements, self.op = elements, str(func)
+        return out
+
+
+def assert_never_materialises(fn, limit, *, what, hint=""):
+    """Run fn() and fail if any tensor it creates has `limit` elements or more.
+
+    Returns fn()'s result. `what` names the forbidden tensor ("an Lq x Lk
+    score matrix") for the message."""
+    with LargestTensorRecorder() as rec:
+        result = fn()
+    assert rec.elements < limit, _message(
+        f"a tensor of {rec.elements} elements was created (by {rec.op}); {what} has {limit}: "
+        f"the computation must work block by block and never hold it", hint)
+    return result
