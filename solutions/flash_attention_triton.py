@@ -1,0 +1,605 @@
+"""L05 part 2 — FlashAttention in Triton: forward and backward kernels.
+
+The same algorithm as flash_attention.py (tiles of Q, K, V; online softmax;
+recomputation in the backward), now as GPU kernels. One program instance owns
+one tile and keeps it in registers/shared memory (SRAM) for its whole life, so
+HBM sees each Q, K, V, O element a small number of times and never an
+(Lq, Lk) matrix:
+
+    forward     grid (Lq / BLOCK_M, B * H): a query tile loops over key tiles
+                with a running max m_i, running sum l_i and accumulator acc.
+    backward    1. preprocess: D_i = rowsum(dO_i * O_i)           (B, H, Lq)
+                2. dK, dV: grid (Lk / BLOCK_N, B * Hkv); a key tile loops over
+                   the query tiles (of every query head of its group) that see it
+                3. dQ: grid (Lq / BLOCK_M, B * H); a query tile loops over keys
+
+What it supports (COURSE.md conventions): causal with bottom-right alignment
+(query i sits at position i + Lk - Lq), any Lq and Lk (tails are masked), head
+dims 16..128 (not only powers of two: the tile is padded), GQA (query head h
+reads key/value head h // (H // Hkv) straight from K and V: no repeated copy),
+and a sliding window W (key j visible from position p iff 0 <= p - j < W; key
+tiles outside the band are never visited). A fully masked row gives out 0,
+lse -inf and zero gradients.
+
+Where it runs: CUDA in float16, bfloat16 and float32 (float32 matmuls in full
+IEEE precision, not TF32: float32 is the "check my answer" dtype here), and CPU
+tensors under TRITON_INTERPRET=1 (float32/float16), which is how the CPU-only CI
+runs it. Tested on an H100 (Triton 3.6, torch 2.11) and under the interpreter (Triton 3.9).
+
+Speed notes. Block sizes, warps and pipeline stages come from a small table
+per kernel and head dim (GPU_TILES, measured on an H100). Two tricks from the FlashAttention
+papers matter most: key tiles that need no mask (wholly below the diagonal,
+wholly inside the window, wholly inside Lk) run a loop without any masking
+code, and exponentials are exp2 with log2(e) folded into the scale.
+Nothing here touches the CUDA driver at import time.
+"""
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ._checks import check_positive_int, check_scale, check_tensor
+
+LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one hardware instruction
+LN2 = 0.6931471805599453    # ln(2): turns a log2-domain logsumexp back into natural log
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# ---------------------------------------------------------------------------
+# Which tiles a program must visit. Shared by the forward and the dQ kernel
+# (a query tile looking at key tiles) and, transposed, by the dK/dV kernel.
+# ---------------------------------------------------------------------------
+@triton.jit
+def _visible(pos_m, offs_n, Lk, window, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) bool: may the query at absolute position pos_m see key offs_n?"""
+    ### BEGIN SOLUTION
+    ok = offs_n[None, :] < Lk                                  # key tail of the last tile
+    if CAUSAL:
+        ok = ok & (offs_n[None, :] <= pos_m[:, None])          # j <= p
+    if WINDOWED:
+        ok = ok & (pos_m[:, None] - offs_n[None, :] < window)  # p - j < W
+    return ok
+    ### END SOLUTION
+
+
+@triton.jit
+def _key_tiles(start_m, offset, Lk, window,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr):
+    """Key range of the query tile [start_m, start_m + BLOCK_M), in three parts:
+    [lo, mid_lo) masked, [mid_lo, mid_hi) whole tiles every row sees, [mid_hi, hi) masked.
+    `offset` = Lk - Lq turns a query index into its absolute position."""
+    ### BEGIN SOLUTION
+    first_pos = start_m + offset              # position of the tile's first row
+    last_pos = start_m + BLOCK_M - 1 + offset  # ... and of its last (maybe past Lq: harmless)
+    lo = 0
+    hi = Lk
+    full_lo = 0
+    full_hi = Lk
+    if CAUSAL:                                # nothing right of the last row's diagonal
+        hi = tl.maximum(tl.minimum(Lk, last_pos + 1), 0)
+        full_hi = tl.maximum(tl.minimum(Lk, first_pos + 1), 0)
+    if WINDOWED:                              # nothing left of the first row's window
+        lo = tl.maximum(first_pos - window + 1, 0)
+        full_lo = tl.maximum(last_pos - window + 1, 0)
+    lo = (lo // BLOCK_N) * BLOCK_N                                # start on a tile boundary
+    full_lo = tl.cdiv(full_lo, BLOCK_N) * BLOCK_N                 # whole tiles only ...
+    full_hi = (full_hi // BLOCK_N) * BLOCK_N                      # ... inside [full_lo, full_hi)
+    mid_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    mid_hi = tl.minimum(tl.maximum(full_hi, mid_lo), hi)
+    return lo, mid_lo, mid_hi, hi
+    ### END SOLUTION
+
+
+# ---------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------
+@triton.jit
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
+               pos_m, offs_d, lo, hi, Lk, window, qk_scale,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+               DOT_PRECISION: tl.constexpr):
+    """Fold key tiles [lo, hi) into (acc, l_i, m_i). MASKED tiles apply the
+    causal/window/tail mask; the others are known to be fully visible."""
+    ### BEGIN SOLUTION
+    offs_n0 = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < HEAD_DIM                                   # padding columns when D is not a power of 2
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        # -- load K^T (BLOCK_D, BLOCK_N) and V (BLOCK_N, BLOCK_D): the only HBM reads of the loop --
+        kt_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None]
+        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+        if MASKED:
+            n_ok = offs_n < Lk
+            kt = tl.load(kt_ptrs, mask=d_ok[:, None] & n_ok[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        elif HEAD_DIM != BLOCK_D:
+            kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
+            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        else:
+            kt = tl.load(kt_ptrs)
+            v = tl.load(v_ptrs)
+        # -- compute qk = q k^T * scale * log2(e): (BLOCK_M, D) @ (D, BLOCK_N) -> (BLOCK_M, BLOCK_N) --
+        qk = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+        if MASKED:
+            qk = tl.where(_visible(pos_m, offs_n, Lk, window, CAUSAL, WINDOWED), qk, float("-inf"))
+        # -- new running max; a row that has seen no key yet keeps m = -inf --
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        if MASKED:
+            m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # exp2(-inf - (-inf)) would be NaN
+        else:
+            m_new_safe = m_new                                         # every row saw a finite score
+        p = tl.math.exp2(qk - m_new_safe[:, None])                     # (BLOCK_M, BLOCK_N), in [0, 1]
+        # -- rescale what was accumulated under the old max, then add this tile --
+        alpha = tl.math.exp2(m_i - m_new_safe)                         # 0 when m_i = -inf
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        # (BLOCK_M, BLOCK_N) @ (BLOCK_N, D) -> (BLOCK_M, D); P is rounded to V's dtype, as in FlashAttention
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+    ### END SOLUTION
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, Out, LSE,
+                stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
+                H, GROUP, Lq, Lk, window, qk_scale,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One program: query rows [start_m, start_m + BLOCK_M) of one (batch, head)."""
+    ### BEGIN SOLUTION
+    # Causal tiles near the end of the sequence have the most keys: hand them out
+    # first so the last wave of programs is short ones (better load balance).
+    tile = tl.program_id(0)
+    if CAUSAL:
+        tile = tl.cdiv(Lq, BLOCK_M) - 1 - tile
+    start_m = tile * BLOCK_M
+    off_bh = tl.program_id(1)
+    off_b = off_bh // H
+    off_h = off_bh % H
+    off_hkv = off_h // GROUP                  # GQA: heads h*G .. h*G+G-1 share key/value head h
+    offset = Lk - Lq                          # bottom-right alignment
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    pos_m = offs_m + offset
+    q_base = Q + off_b.to(tl.int64) * stride_qb + off_h * stride_qh
+    k_base = K + off_b.to(tl.int64) * stride_kb + off_hkv * stride_kh
+    v_base = V + off_b.to(tl.int64) * stride_vb + off_hkv * stride_vh
+
+    # -- q stays in registers for the whole loop: read once from HBM --
+    q_ok = (offs_m[:, None] < Lq) & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=q_ok, other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max (log2 units)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)                 # running sum of exp2(s - m_i)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)        # running sum of exp2(s - m_i) v
+
+    lo, mid_lo, mid_hi, hi = _key_tiles(start_m, offset, Lk, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOWED)
+    # -- left edge of the window: masked --
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, pos_m, offs_d,
+                               lo, mid_lo, Lk, window, qk_scale, True, CAUSAL, WINDOWED,
+                               HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION)
+    # -- the bulk: tiles every row sees whole, no mask arithmetic at all --
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, pos_m, offs_d,
+                               mid_lo, mid_hi, Lk, window, qk_scale, False, CAUSAL, WINDOWED,
+                               HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION)
+    # -- the diagonal and the key tail: masked --
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, pos_m, offs_d,
+                               mid_hi, hi, Lk, window, qk_scale, True, CAUSAL, WINDOWED,
+                               HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION)
+
+    # epilogue: out = acc / l, lse = ln(sum exp(s)) = (m + log2 l) * ln 2; an empty row gives 0 and -inf
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)  # ln(2)
+    o_base = Out + off_b.to(tl.int64) * stride_ob + off_h * stride_oh
+    tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :], out.to(Out.dtype.element_ty), mask=q_ok)
+    tl.store(LSE + off_bh.to(tl.int64) * Lq + offs_m, lse, mask=offs_m < Lq)
+    ### END SOLUTION
+
+
+# ---------------------------------------------------------------------------
+# Backward
+#   P = exp(S - lse)                  recomputed, never stored
+#   dV = P^T dO     dP = dO V^T       dS = P * (dP - D) * scale,  D = rowsum(dO * O)
+#   dK = dS^T Q     dQ = dS K
+# ---------------------------------------------------------------------------
+@triton.jit
+def _bwd_preprocess(Out, dOut, Delta, stride_ob, stride_oh, stride_om, stride_dob, stride_doh, stride_dom,
+                    H, Lq, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """D_i = sum_d dO[i, d] * O[i, d] in float32: equals rowsum(P * dP), without P."""
+    ### BEGIN SOLUTION
+    off_bh = tl.program_id(1)
+    off_b = off_bh // H
+    off_h = off_bh % H
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_m[:, None] < Lq) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(Out + off_b.to(tl.int64) * stride_ob + off_h * stride_oh
+                + offs_m[:, None] * stride_om + offs_d[None, :], mask=ok, other=0.0)
+    do = tl.load(dOut + off_b.to(tl.int64) * stride_dob + off_h * stride_doh
+                 + offs_m[:, None] * stride_dom + offs_d[None, :], mask=ok, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(Delta + off_bh.to(tl.int64) * Lq + offs_m, delta, mask=offs_m < Lq)
+    ### END SOLUTION
+
+
+@triton.jit
+def _query_tiles(start_n, offset, Lq, Lk, window,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr):
+    """Query range that sees the key tile [start_n, start_n + BLOCK_N), in three parts:
+    [lo, mid_lo) masked, [mid_lo, mid_hi) whole tiles that see every key of it, [mid_hi, hi) masked.
+    The last key tile may run past Lk: then every query tile needs the mask."""
+    ### BEGIN SOLUTION
+    lo = 0
+    hi = Lq
+    full_lo = 0
+    full_hi = Lq
+    if CAUSAL:                     # position i + offset must reach the tile's first key ...
+        lo = tl.maximum(start_n - offset, 0)
+        full_lo = tl.maximum(start_n + BLOCK_N - 1 - offset, 0)   # ... or its last, to see it whole
+    if WINDOWED:                   # ... and stay within W of its last key (or of its first)
+        hi = tl.maximum(tl.minimum(Lq, start_n + BLOCK_N - 1 + window - offset), 0)
+        full_hi = tl.maximum(tl.minimum(Lq, start_n + window - offset), 0)
+    lo = tl.minimum((lo // BLOCK_M) * BLOCK_M, hi)
+    full_lo = tl.cdiv(full_lo, BLOCK_M) * BLOCK_M
+    full_hi = (full_hi // BLOCK_M) * BLOCK_M
+    full_lo = tl.where(start_n + BLOCK_N > Lk, hi, full_lo)  # key tail: no query tile sees it whole
+    mid_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    mid_hi = tl.minimum(tl.maximum(full_hi, mid_lo), hi)
+    return lo, mid_lo, mid_hi, hi
+    ### END SOLUTION
+
+
+@triton.jit
+def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
+                offs_n, offs_d, lo, hi, Lq, Lk, offset, window, qk_scale,
+                MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                DOT_PRECISION: tl.constexpr):
+    """Add the query tiles [lo, hi) of one query head to this key tile's dK, dV.
+    Works with transposed tiles (keys along rows) so dk, dv stay (BLOCK_N, D)."""
+    ### BEGIN SOLUTION
+    offs_m0 = tl.arange(0, BLOCK_M)
+    d_ok = offs_d < HEAD_DIM
+    for start_m in tl.range(lo, hi, BLOCK_M):
+        offs_m = start_m + offs_m0
+        m_ok = offs_m < Lq
+        # -- load Q^T (D, BLOCK_M), dO (BLOCK_M, D) and the row statistics --
+        qt_ptrs = q_base + offs_m[None, :] * stride_qm + offs_d[:, None]
+        do_ptrs = do_base + offs_m[:, None] * stride_dom + offs_d[None, :]
+        if MASKED:
+            qt = tl.load(qt_ptrs, mask=d_ok[:, None] & m_ok[None, :], other=0.0)
+            do = tl.load(do_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+            lse = tl.load(lse_base + offs_m, mask=m_ok, other=float("inf"))
+            delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
+        else:
+            qt = tl.load(qt_ptrs, mask=d_ok[:, None], other=0.0)
+            do = tl.load(do_ptrs, mask=d_ok[None, :], other=0.0)
+            lse = tl.load(lse_base + offs_m)
+            delta = tl.load(delta_base + offs_m)
+        # a fully masked row has lse = -inf; +inf makes its P exactly 0 instead of inf
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # log2(e)
+        # -- P^T = exp2(K Q^T * scale*log2e - lse2): (BLOCK_N, D) @ (D, BLOCK_M) -> (BLOCK_N, BLOCK_M) --
+        pt = tl.math.exp2(tl.dot(k, qt, input_precision=DOT_PRECISION) * qk_scale - lse2[None, :])
+        if MASKED:
+            visible_t = tl.trans(_visible(offs_m + offset, offs_n, Lk, window, CAUSAL, WINDOWED))
+            pt = tl.where(visible_t, pt, 0.0)
+        # -- dV += P^T dO: (BLOCK_N, BLOCK_M) @ (BLOCK_M, D) --
+        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        # -- dP^T = V dO^T: (BLOCK_N, D) @ (D, BLOCK_M); dS^T = P^T * (dP^T - D) --
+        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dst = pt * (dpt - delta[None, :])
+        # -- dK += dS^T Q: (BLOCK_N, BLOCK_M) @ (BLOCK_M, D); the softmax scale is applied once at the end --
+        dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PRECISION)
+    return dk, dv
+    ### END SOLUTION
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, dOut, LSE, Delta, dK, dV,
+                     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                     stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                     stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+                     H, Hkv, GROUP, Lq, Lk, window, sm_scale, qk_scale,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One program: keys [start_n, start_n + BLOCK_N) of one (batch, key/value head).
+    Sums over the GROUP query heads that share the head, so no atomics are needed."""
+    ### BEGIN SOLUTION
+    start_n = tl.program_id(0) * BLOCK_N
+    off_bh = tl.program_id(1)
+    off_b = off_bh // Hkv
+    off_hkv = off_bh % Hkv
+    offset = Lk - Lq
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_ok = (offs_n[:, None] < Lk) & (offs_d[None, :] < HEAD_DIM)
+
+    # -- K and V tiles stay on chip; dK and dV accumulate in float32 --
+    k = tl.load(K + off_b.to(tl.int64) * stride_kb + off_hkv * stride_kh
+                + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_ok, other=0.0)
+    v = tl.load(V + off_b.to(tl.int64) * stride_vb + off_hkv * stride_vh
+                + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_ok, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    lo, mid_lo, mid_hi, hi = _query_tiles(start_n, offset, Lq, Lk, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOWED)
+    for g in range(GROUP):
+        off_h = off_hkv * GROUP + g
+        q_base = Q + off_b.to(tl.int64) * stride_qb + off_h * stride_qh
+        do_base = dOut + off_b.to(tl.int64) * stride_dob + off_h * stride_doh
+        lse_base = LSE + (off_b * H + off_h).to(tl.int64) * Lq
+        delta_base = Delta + (off_b * H + off_h).to(tl.int64) * Lq
+        # masked left edge, whole tiles, masked right edge: as in the forward
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
+                             offs_n, offs_d, lo, mid_lo, Lq, Lk, offset, window, qk_scale,
+                             True, CAUSAL, WINDOWED, HEAD_DIM, BLOCK_D, BLOCK_M, DOT_PRECISION)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
+                             offs_n, offs_d, mid_lo, mid_hi, Lq, Lk, offset, window, qk_scale,
+                             False, CAUSAL, WINDOWED, HEAD_DIM, BLOCK_D, BLOCK_M, DOT_PRECISION)
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, stride_dom,
+                             offs_n, offs_d, mid_hi, hi, Lq, Lk, offset, window, qk_scale,
+                             True, CAUSAL, WINDOWED, HEAD_DIM, BLOCK_D, BLOCK_M, DOT_PRECISION)
+
+    # epilogue: dS carried no softmax scale yet (dK = scale * dS^T Q)
+    dk = dk * sm_scale
+    tl.store(dK + off_b.to(tl.int64) * stride_dkb + off_hkv * stride_dkh
+             + offs_n[:, None] * stride_dkn + offs_d[None, :], dk.to(dK.dtype.element_ty), mask=kv_ok)
+    tl.store(dV + off_b.to(tl.int64) * stride_dvb + off_hkv * stride_dvh
+             + offs_n[:, None] * stride_dvn + offs_d[None, :], dv.to(dV.dtype.element_ty), mask=kv_ok)
+    ### END SOLUTION
+
+
+@triton.jit
+def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn,
+              pos_m, offs_d, lo, hi, Lk, window, qk_scale,
+              MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+              DOT_PRECISION: tl.constexpr):
+    """Add key tiles [lo, hi) to this query tile's dQ."""
+    ### BEGIN SOLUTION
+    offs_n0 = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < HEAD_DIM
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        kt_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None]
+        vt_ptrs = v_base + offs_n[None, :] * stride_vn + offs_d[:, None]
+        if MASKED:
+            ok = d_ok[:, None] & (offs_n < Lk)[None, :]
+        else:
+            ok = d_ok[:, None]
+        kt = tl.load(kt_ptrs, mask=ok, other=0.0)   # (D, BLOCK_N)
+        vt = tl.load(vt_ptrs, mask=ok, other=0.0)   # (D, BLOCK_N)
+        # -- P = exp2(Q K^T * scale*log2e - lse2): (BLOCK_M, D) @ (D, BLOCK_N) --
+        p = tl.math.exp2(tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale - lse2[:, None])
+        if MASKED:
+            p = tl.where(_visible(pos_m, offs_n, Lk, window, CAUSAL, WINDOWED), p, 0.0)
+        # -- dP = dO V^T: (BLOCK_M, D) @ (D, BLOCK_N); dS = P * (dP - D) --
+        dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        # -- dQ += dS K: (BLOCK_M, BLOCK_N) @ (BLOCK_N, D) --
+        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PRECISION)
+    return dq
+    ### END SOLUTION
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, dOut, LSE, Delta, dQ,
+                   stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                   stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                   stride_dqb, stride_dqh, stride_dqm,
+                   H, GROUP, Lq, Lk, window, sm_scale, qk_scale,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One program: dQ for query rows [start_m, start_m + BLOCK_M) of one (batch, head)."""
+    ### BEGIN SOLUTION
+    tile = tl.program_id(0)
+    if CAUSAL:
+        tile = tl.cdiv(Lq, BLOCK_M) - 1 - tile
+    start_m = tile * BLOCK_M
+    off_bh = tl.program_id(1)
+    off_b = off_bh // H
+    off_h = off_bh % H
+    off_hkv = off_h // GROUP
+    offset = Lk - Lq
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    pos_m = offs_m + offset
+    ok = (offs_m[:, None] < Lq) & (offs_d[None, :] < HEAD_DIM)
+
+    # -- this tile's Q, dO, lse and D stay on chip for the whole loop --
+    q = tl.load(Q + off_b.to(tl.int64) * stride_qb + off_h * stride_qh
+                + offs_m[:, None] * stride_qm + offs_d[None, :], mask=ok, other=0.0)
+    do = tl.load(dOut + off_b.to(tl.int64) * stride_dob + off_h * stride_doh
+                 + offs_m[:, None] * stride_dom + offs_d[None, :], mask=ok, other=0.0)
+    lse = tl.load(LSE + off_bh.to(tl.int64) * Lq + offs_m, mask=offs_m < Lq, other=float("-inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # log2(e)
+    delta = tl.load(Delta + off_bh.to(tl.int64) * Lq + offs_m, mask=offs_m < Lq, other=0.0)
+    k_base = K + off_b.to(tl.int64) * stride_kb + off_hkv * stride_kh
+    v_base = V + off_b.to(tl.int64) * stride_vb + off_hkv * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    lo, mid_lo, mid_hi, hi = _key_tiles(start_m, offset, Lk, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOWED)
+    dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, pos_m, offs_d,
+                   lo, mid_lo, Lk, window, qk_scale, True, CAUSAL, WINDOWED, HEAD_DIM, BLOCK_D, BLOCK_N,
+                   DOT_PRECISION)
+    dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, pos_m, offs_d,
+                   mid_lo, mid_hi, Lk, window, qk_scale, False, CAUSAL, WINDOWED, HEAD_DIM, BLOCK_D, BLOCK_N,
+                   DOT_PRECISION)
+    dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, pos_m, offs_d,
+                   mid_hi, hi, Lk, window, qk_scale, True, CAUSAL, WINDOWED, HEAD_DIM, BLOCK_D, BLOCK_N,
+                   DOT_PRECISION)
+
+    dq = dq * sm_scale
+    tl.store(dQ + off_b.to(tl.int64) * stride_dqb + off_h * stride_dqh
+             + offs_m[:, None] * stride_dqm + offs_d[None, :], dq.to(dQ.dtype.element_ty), mask=ok)
+    ### END SOLUTION
+
+
+# ---------------------------------------------------------------------------
+# Launch configuration: (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and
+# head-dim class, picked by `benchmarks/flash_attention_gpu.py --sweep` on an
+# H100 (float16, L = 8k, causal and not; the sweep's candidates and timings are
+# in the lesson text). Fixed rather than autotuned per call: autotuning compiles
+# every candidate for every new shape, which costs more than it wins here.
+# What the winners say: 3 pipeline stages (two K/V tiles loading while a third
+# is multiplied) beat 2 everywhere; the backward prefers 128-key tiles, whose
+# dK/dV accumulators stay on chip while 32..64 query rows stream past. The
+# interpreter runs one small tile: it executes every program in Python, so a
+# bigger tile only costs time there.
+# ---------------------------------------------------------------------------
+GPU_TILES = {
+    ("fwd", 64): (128, 64, 8, 3), ("fwd", 128): (64, 64, 4, 3),
+    ("dkdv", 64): (32, 128, 4, 3), ("dkdv", 128): (64, 128, 8, 3),
+    ("dq", 64): (128, 64, 8, 3), ("dq", 128): (128, 64, 8, 3),
+}
+INTERPRETER_TILES = (16, 16, 1, 1)
+
+
+def _launch(kernel, name, grid, *args, **constants):
+    """kernel[grid](*args) with the tile for this kernel and head dim; grid(BLOCK_M, BLOCK_N) -> launch grid."""
+    if _interpreting():
+        block_m, block_n, warps, stages = INTERPRETER_TILES
+    else:
+        block_m, block_n, warps, stages = GPU_TILES[(name, 64 if constants["HEAD_DIM"] <= 64 else 128)]
+    kernel[grid(block_m, block_n)](*args, **constants, BLOCK_M=block_m, BLOCK_N=block_n,
+                                   num_warps=warps, num_stages=stages)
+
+
+# ---------------------------------------------------------------------------
+# Python entry points
+# ---------------------------------------------------------------------------
+def _check_inputs(q, k, v, causal, scale, window):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, x, dtypes=(torch.float16, torch.bfloat16, torch.float32))
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be (batch, heads, seq, head_dim), got shape {tuple(x.shape)}")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
+    (B, H, Lq, D), (Bk, Hkv, Lk, Dk) = q.shape, k.shape
+    if Bk != B or Dk != D:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch and head_dim")
+    if Hkv < 1 or H % Hkv:
+        raise ValueError(f"q's {H} heads must be a multiple of k/v's {Hkv} heads (GQA groups)")
+    if not 16 <= D <= 128:
+        raise ValueError(f"head_dim must be in 16..128 for this kernel, got {D}")
+    if Lq < 1 or Lk < 1:
+        raise ValueError(f"sequence lengths must be >= 1, got Lq={Lq}, Lk={Lk}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    check_scale(scale)
+    if window is not None:
+        check_positive_int("window", window)
+        if not causal:
+            raise ValueError(f"window={window} is a causal sliding window: pass causal=True with it")
+    if q.device.type == "cpu" and not _interpreting():
+        raise ValueError("q is on the CPU: Triton runs CPU tensors only under TRITON_INTERPRET=1 "
+                         "(set it before importing triton), otherwise move q, k, v to a CUDA device")
+    if q.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"q must be on a CUDA device (or the CPU under the interpreter), got {q.device}")
+
+
+def _contiguous_last(x):
+    """The kernels assume unit stride along head_dim (every other stride is passed in)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _forward(q, k, v, causal, scale, window):
+    B, H, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    sm_scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    out = torch.empty_like(q)
+    lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
+
+    _launch(_fwd_kernel, "fwd", lambda block_m, block_n: (triton.cdiv(Lq, block_m), B * H),
+            q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+            H, H // Hkv, Lq, Lk, window or 0, sm_scale * LOG2E,
+            HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), CAUSAL=causal, WINDOWED=window is not None,
+            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+    return out, lse
+
+
+def _backward(q, k, v, out, lse, grad_out, causal, scale, window):
+    B, H, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    sm_scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    grad_out = _contiguous_last(grad_out)
+    block_d = max(16, triton.next_power_of_2(D))
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+
+    delta = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
+    pre_m = 16 if _interpreting() else 64
+    _bwd_preprocess[(triton.cdiv(Lq, pre_m), B * H)](
+        out, grad_out, delta, *out.stride()[:3], *grad_out.stride()[:3], H, Lq,
+        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=pre_m)
+
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    common = dict(HEAD_DIM=D, BLOCK_D=block_d, CAUSAL=causal, WINDOWED=window is not None, DOT_PRECISION=precision)
+    _launch(_bwd_dkdv_kernel, "dkdv", lambda block_m, block_n: (triton.cdiv(Lk, block_n), B * Hkv),
+            q, k, v, grad_out, lse, delta, dk, dv,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3],
+            *dk.stride()[:3], *dv.stride()[:3],
+            H, Hkv, H // Hkv, Lq, Lk, window or 0, sm_scale, sm_scale * LOG2E, **common)
+    _launch(_bwd_dq_kernel, "dq", lambda block_m, block_n: (triton.cdiv(Lq, block_m), B * H),
+            q, k, v, grad_out, lse, delta, dq,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3], *dq.stride()[:3],
+            H, H // Hkv, Lq, Lk, window or 0, sm_scale, sm_scale * LOG2E, **common)
+    return dq, dk, dv
+
+
+def triton_flash_attention_forward(q, k, v, causal=False, scale=None, window=None):
+    """out, lse = attention of q (B, H, Lq, D) over k, v (B, Hkv, Lk, D).
+
+    H must be a multiple of Hkv (GQA); causal is bottom-right aligned; window W
+    (with causal=True) keeps keys 0 <= p - j < W. lse is natural-log, float32,
+    (B, H, Lq); -inf (and out 0) for a row that sees no key.
+    """
+    ### BEGIN SOLUTION
+    _check_inputs(q, k, v, causal, scale, window)
+    q, k, v = _contiguous_last(q), _contiguous_last(k), _contiguous_last(v)
+    return _forward(q, k, v, causal, scale, window)
+    ### END SOLUTION
+
+
+class TritonFlashAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper: saves q, k, v, out and lse (O(L) extra), not P."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale, window):
+        ### BEGIN SOLUTION
+        q, k, v = _contiguous_last(q), _contiguous_last(k), _contiguous_last(v)
+        out, lse = _forward(q, k, v, causal, scale, window)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal, ctx.scale, ctx.window = causal, scale, window
+        return out
+        ### END SOLUTION
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        ### BEGIN SOLUTION
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, out, lse, grad_out, ctx.causal, ctx.scale, ctx.window)
+        return dq, dk, dv, None, None, None
+        ### END SOLUTION
+
+
+def triton_flash_attention(q, k, v, causal=False, scale=None, window=None):
+    """Differentiable attention through the Triton kernels (same arguments as
+    triton_flash_attention_forward; returns out only)."""
+    ### BEGIN SOLUTION
+    _check_inputs(q, k, v, causal, scale, window)
+    return TritonFlashAttentionFunction.apply(q, k, v, causal, scale, window)
+    ### END SOLUTION
