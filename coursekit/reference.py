@@ -127,3 +127,133 @@ def tiny_decoder_ref(model, ids, key_padding_mask=None):
         hidden = F.gelu(F.linear(layer_norm(block.ln_2, h), f64(up.weight), f64(up.bias)))
         h = h + F.linear(hidden, f64(down.weight), f64(down.bias))
     return F.linear(layer_norm(model.ln_f, h), f64(model.lm_head.weight), f64(model.lm_head.bias))
+
+
+# --- L07 sliding window ---
+def sliding_window_mask_ref(q_len, k_len, window, device="cpu"):
+    """(q_len, k_len) bool, True = may attend: query i sits at absolute position
+    p = i + k_len - q_len (bottom-right) and sees key j iff 0 <= p - j < window.
+    window >= k_len gives causal_mask_ref; rows with p < 0 are all False."""
+    position = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)  # (Lq, 1)
+    key = torch.arange(k_len, device=device)[None, :]  # (1, Lk)
+    return (key <= position) & (key > position - window)
+
+
+def sliding_window_attention_ref(q, k, v, window, scale=None):
+    """attention_ref with sliding_window_mask_ref(Lq, Lk, window): float64,
+    the full (Lq, Lk) score matrix masked to the band. Returns out only."""
+    mask = sliding_window_mask_ref(q.shape[-2], k.shape[-2], window, device=q.device)
+    return attention_ref(q, k, v, mask=mask, scale=scale)[0]
+
+
+# --- L06 grouped-query attention ---
+def gqa_ref(x, w_q, w_k, w_v, w_o, num_heads, num_kv_heads, mask=None, b_q=None, b_k=None, b_v=None, b_o=None):
+    """Grouped-query self-attention in float64, one query head at a time:
+    x (B, L, hidden) -> (B, L, hidden).
+
+    w_q (H*D, hidden), w_k and w_v (Hkv*D, hidden), w_o (hidden, H*D) in
+    nn.Linear's (out, in) layout; b_* matching biases or None. Query head h uses
+    rows [h*D, (h+1)*D) of w_q and key/value head g = h // (H // Hkv), rows
+    [g*D, (g+1)*D) of w_k and w_v (written out with an explicit loop, no
+    repeat_interleave). mask: None, or bool / additive broadcasting to
+    (B, H, L, L); fully masked rows give 0 before w_o.
+    """
+    x = x.detach().to(torch.float64)
+
+    def f64(t):
+        return None if t is None else t.detach().to(torch.float64)
+
+    def rows(w, b, head, head_dim):  # head's slice of a projection: (B, L, D)
+        y = x @ f64(w)[head * head_dim:(head + 1) * head_dim].T
+        return y if b is None else y + f64(b)[head * head_dim:(head + 1) * head_dim]
+
+    head_dim = w_q.shape[0] // num_heads
+    group = num_heads // num_kv_heads
+    if mask is not None:
+        mask = mask.to(x.device)
+        while mask.dim() < 4:
+            mask = mask[None]  # -> (B or 1, H or 1, L, L)
+    heads = []
+    for h in range(num_heads):
+        g = h // group  # the key/value head of query head h
+        q, k, v = rows(w_q, b_q, h, head_dim), rows(w_k, b_k, g, head_dim), rows(w_v, b_v, g, head_dim)
+        head_mask = None if mask is None else mask[:, min(h, mask.shape[1] - 1)]  # (B or 1, L, L)
+        heads.append(attention_ref(q, k, v, mask=head_mask)[0])  # (B, L, D)
+    out = torch.cat(heads, dim=-1) @ f64(w_o).T  # (B, L, H*D) -> (B, L, hidden)
+    return out if b_o is None else out + f64(b_o)
+
+
+def gqa_module_ref(module, x, causal=True, key_padding_mask=None):
+    """gqa_ref with the weights of a module that has q_proj, k_proj, v_proj,
+    o_proj (nn.Linear), num_heads and num_kv_heads (default num_heads): the
+    full-sequence answer that any cached or chunked evaluation of `module` must
+    reproduce. key_padding_mask: (B, L) bool, True = real token."""
+    length = x.shape[1]
+    mask = causal_mask_ref(length, device=x.device) if causal else None  # (L, L)
+    if key_padding_mask is not None:
+        keys = key_padding_mask[:, None, None, :]  # (B, 1, 1, L)
+        mask = keys if mask is None else mask & keys
+    weights = [getattr(module, f"{name}_proj").weight for name in "qkvo"]
+    biases = {f"b_{name}": getattr(module, f"{name}_proj").bias for name in "qkvo"}
+    num_kv_heads = getattr(module, "num_kv_heads", module.num_heads)
+    return gqa_ref(x, *weights, module.num_heads, num_kv_heads, mask=mask, **biases)
+
+
+# --- L05 flash attention ---
+
+def attention_lse_ref(q, k, v, causal=False, scale=None, window=None):
+    """softmax(q k^T * scale [+ bottom-right causal mask]) v and its logsumexp,
+    in float64, DIFFERENTIABLE (inputs are cast with .to, not detached, so
+    torch.autograd.grad through it gives reference gradients).
+
+    q (..., Lq, D), k (..., Lk, D), v (..., Lk, Dv) -> out (..., Lq, Dv),
+    lse (..., Lq) = logsumexp of each row's visible scores (natural log). A row
+    that sees no key (causal with Lq > Lk) gives out 0, lse -inf and zero
+    gradients (its softmax input is replaced by zeros, then multiplied by 0,
+    so no NaN enters the graph). `window` W additionally keeps only keys with
+    0 <= p - j < W (p the query's bottom-right position).
+    """
+    q, k, v = (t.to(torch.float64) for t in (q, k, v))
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.einsum("...qd,...kd->...qk", q, k) * scale  # (..., Lq, Lk)
+    if causal:
+        visible = causal_mask_ref(q.shape[-2], k.shape[-2], device=scores.device)  # (Lq, Lk)
+        scores = scores.masked_fill(~visible, -math.inf)
+    if window is not None:  # the sliding window of L07 (always used with causal)
+        visible = sliding_window_mask_ref(q.shape[-2], k.shape[-2], window, device=scores.device)
+        scores = scores.masked_fill(~visible, -math.inf)
+    empty = torch.isneginf(scores).all(dim=-1, keepdim=True)  # (..., Lq, 1)
+    weights = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1) * ~empty
+    lse = torch.logsumexp(scores.detach(), dim=-1)  # -inf for an empty row
+    return torch.einsum("...qk,...kd->...qd", weights, v), lse
+
+
+# --- L08 fused ops ---
+def layer_norm_ref(x, weight=None, bias=None, eps=1e-5):
+    """F.layer_norm over the last dim in float64: (x - mean) / sqrt(var + eps) * weight + bias,
+    with the biased variance (divide by n). weight, bias: (n,) or None."""
+    import torch.nn.functional as F
+
+    def f64(t):
+        return None if t is None else t.detach().to(torch.float64)
+
+    x = f64(x)
+    return F.layer_norm(x, (x.shape[-1],), f64(weight), f64(bias), eps)
+
+
+def module_chain_ref(modules, x, grad_out=None):
+    """Run torch modules (e.g. [nn.LayerNorm, nn.Linear], the unfused pair) one
+    after the other in float64, on float64 deep copies, and backpropagate
+    grad_out (default: ones). Returns (out, grad_x, grads) with grads a list of
+    (parameter of the ORIGINAL modules, its float64 gradient), in the order of
+    modules' parameters(). The originals are not touched."""
+    import copy
+
+    copies = [copy.deepcopy(m).to(torch.float64) for m in modules]
+    x = x.detach().to(torch.float64).requires_grad_(True)
+    out = x
+    for m in copies:
+        out = m(out)
+    out.backward(torch.ones_like(out) if grad_out is None else grad_out.detach().to(torch.float64))
+    grads = [(p, c.grad) for m, mc in zip(modules, copies) for p, c in zip(m.parameters(), mc.parameters())]
+    return out.detach(), x.grad, grads

@@ -40,6 +40,19 @@ TOLERANCES = {
 }
 
 
+# A fused half-precision kernel is judged against what half precision can do
+# (the rule of FlashAttention's own test suite): an eager implementation in the
+# same dtype, whose matmuls and softmax round scores, probabilities and output
+# to that dtype, is off the float64 reference by e_eager; the kernel must stay
+# within EAGER_FACTOR * e_eager + eager_floor. The factor 2 leaves room for a
+# different summation order (tiles, online rescaling) without admitting a
+# real bug, which shows up as errors of O(|out|) ~ 1e-1, not 2x rounding. The
+# floor is one unit in the last place at |x| ~ 0.3 (typical attention outputs),
+# for points where e_eager happens to be tiny.
+EAGER_FACTOR = 2.0
+EAGER_FLOOR = {torch.float32: 3e-8, torch.float16: 2.5e-4, torch.bfloat16: 2e-3}
+
+
 def tolerance(dtype):
     try:
         return TOLERANCES[dtype]
@@ -182,6 +195,31 @@ def assert_same_mask(got, expected, *, what="mask", hint=""):
             f"{what} differs from the reference at {int(wrong.sum())} of {wrong.numel()} positions; "
             f"first at index {first}: expected {bool(expected[first])}, got {bool(got[first])}"
             + shown + (f"\n  hint: {hint}" if hint else ""))
+
+
+def assert_within_eager_error(actual, expected, eager, *, what="output", hint=""):
+    """Max |actual - expected| <= EAGER_FACTOR * max |eager - expected| + floor.
+
+    expected: float64 reference; eager: the same computation done by plain
+    PyTorch ops in actual's dtype (see EAGER_FACTOR)."""
+    if tuple(actual.shape) != tuple(expected.shape):
+        raise AssertionError(_message(
+            f"{what} has shape {tuple(actual.shape)}, expected {tuple(expected.shape)}", hint))
+    want = expected.detach().to("cpu", torch.float64)
+    err = (actual.detach().to("cpu", torch.float64) - want).abs().nan_to_num(nan=math.inf)
+    eager_err = (eager.detach().to("cpu", torch.float64) - want).abs().max().item()
+    bound = EAGER_FACTOR * eager_err + EAGER_FLOOR[actual.dtype]
+    worst = err.max().item()
+    if worst <= bound:
+        return
+    flat = int(err.flatten().argmax())
+    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), want.shape))
+    raise AssertionError(_message(
+        f"{what} ({actual.dtype}) is further from the float64 reference than {actual.dtype} arithmetic "
+        f"explains: max abs error {worst:.3g} at index {idx} (expected {want.flatten()[flat].item():.6g}, "
+        f"got {actual.detach().flatten()[flat].item():.6g}); eager {actual.dtype} PyTorch is off by "
+        f"{eager_err:.3g}, so the bound is {EAGER_FACTOR:g} x {eager_err:.3g} + {EAGER_FLOOR[actual.dtype]:g} "
+        f"= {bound:.3g}", hint))
 
 
 # ---------------------------------------------------------------------------
