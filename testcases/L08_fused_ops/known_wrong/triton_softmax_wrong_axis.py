@@ -1,0 +1,19 @@
+"""The Triton softmax reduces its (BLOCK_M, BLOCK_N) tile over axis 0 (across the rows it holds) instead of axis 1 (along each row)."""
+MODULE = "fused_ops_triton"
+
+
+@triton.jit
+def softmax_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask = (offs_m[:, None] < n_rows) & (offs_n[None, :] < n_cols)
+    rows = offs_m.to(tl.int64)[:, None]
+    x = tl.load(x_ptr + rows * stride_xm + offs_n[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+    m_i = tl.max(x, axis=0)
+    m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
+    p = tl.exp(x - m_i[None, :])
+    l_i = tl.sum(p, axis=0)
+    out = p * (1.0 / tl.where(l_i > 0.0, l_i, 1.0))[None, :]
+    tl.store(out_ptr + rows * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
