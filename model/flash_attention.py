@@ -1,0 +1,160 @@
+"""L05 — FlashAttention, part 1: tiled attention in plain PyTorch (runs on the CPU).
+
+Standard attention builds the whole score matrix
+
+    S = Q K^T * scale          (B, H, Lq, Lk)
+    P = softmax(S, dim=-1)     (B, H, Lq, Lk)
+    O = P V                    (B, H, Lq, D)
+
+so its memory grows like Lq * Lk: at Lq = Lk = 16k one head's S is 1 GiB in
+float32. FlashAttention (Dao et al., 2022) computes the same O block by block
+and never holds S or P. Q is cut into query blocks of `block_q` rows and K, V
+into key blocks of `block_k` rows. For one query block Q_i it walks over the
+key blocks K_j, V_j, and keeps per query row only three running quantities, in
+the paper's names:
+
+    m_i  (B, H, block_q)       the largest score seen so far (running max)
+    l_i  (B, H, block_q)       sum of exp(score - m_i) over the keys seen so far
+    acc  (B, H, block_q, D)    sum of exp(score - m_i) * v over the keys seen so far
+
+When a new key block raises the max from m_old to m_new, everything summed so
+far was scaled by exp(-m_old) and must be rescaled by alpha = exp(m_old - m_new)
+(the online softmax of L02, Milakov & Gimelshein 2018). After the last key
+block, O_i = acc / l_i, and the logsumexp of the row, lse_i = m_i + log(l_i),
+is all the backward pass needs to rebuild any block of P exactly:
+
+    P_ij = exp(S_ij - lse_i)
+
+The backward (FlashAttention-2, Dao 2023) recomputes S and P block by block
+from Q, K and lse instead of storing P, and uses D_i = rowsum(dO_i * O_i), one
+number per query row, in place of rowsum(P * dP) (the softmax Jacobian of L02's
+softmax_backward):
+
+    dV_j += P_ij^T dO_i
+    dP_ij = dO_i V_j^T
+    dS_ij = P_ij * (dP_ij - D_i) * scale
+    dQ_i += dS_ij K_j,      dK_j += dS_ij^T Q_i
+
+Memory beyond the inputs and outputs: O(block_q * block_k) per (batch, head)
+for one block of scores, plus O(Lq) for m, l and lse. Work: the same FLOPs as
+standard attention, minus the key blocks that causality hides entirely.
+
+Block sizes: block_q and block_k are the number of query rows and key rows in
+one tile. Any sizes >= 1 work, including ones that do not divide Lq or Lk (the
+last block is shorter) or that exceed them (one block). On a GPU they are chosen
+so that a tile fits in on-chip SRAM; here they only trade Python loop overhead
+(small blocks: many iterations) against the size of the temporary block.
+
+Conventions (COURSE.md): q (B, H, Lq, D), k (B, H, Lk, D), v (B, H, Lk, Dv);
+scale defaults to 1/sqrt(D); causal is aligned bottom-right (query i sees keys
+j <= i + Lk - Lq); a query that sees no key (causal with Lq > Lk) gets output
+0, lse -inf and zero gradients, never NaN. Half-precision inputs are computed in
+float32 and returned in their dtype; lse is float32 (float64 for float64 inputs,
+so that gradcheck can verify the backward exactly).
+
+Tested on the CPU (torch 2.13, float16, bfloat16, float32, float64); the same
+code runs unchanged on CUDA tensors. This is a teaching implementation: it
+shows the memory saving, not the speed.
+Every block is a handful of separate PyTorch calls, so it is much slower than
+F.scaled_dot_product_attention. Part 2 of the lesson (flash_attention_triton.py)
+runs the same loop inside one GPU kernel.
+"""
+import math
+
+import torch
+
+from ._checks import check_positive_int, check_qkv, check_scale, check_tensor, compute_dtype
+
+
+def visible_key_end(q_end, q_len, k_len, causal):
+    """Number of leading keys that the query rows before `q_end` can see.
+
+    Without causality every key: k_len. With bottom-right causality the last
+    query of the block, row q_end - 1, sits at absolute position
+    q_end - 1 + k_len - q_len and sees keys j <= that position, so the keys
+    [0, q_end + k_len - q_len) are the only ones any row of the block sees
+    (clamped to [0, k_len]; 0 when the whole block is fully masked). A key
+    block that starts at or after this bound is skipped: it lies wholly above
+    the diagonal. The forward and the backward both loop over
+    range(0, visible_key_end(...), block_k).
+    """
+    raise NotImplementedError("L05: implement visible_key_end in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
+
+
+def flash_attention_forward(q, k, v, causal=False, scale=None, block_q=64, block_k=64):
+    """Tiled attention forward: returns (out, lse) without ever holding the
+    (Lq, Lk) score matrix.
+
+    q (B, H, Lq, D), k (B, H, Lk, D), v (B, H, Lk, Dv), one float dtype.
+    out (B, H, Lq, Dv) in q's dtype; lse (B, H, Lq) = log sum_j exp(S_ij), the
+    natural-log logsumexp of each row's visible scores, in float32 (float64
+    for float64 inputs), -inf for a row that sees no key (whose out is 0).
+
+    For each query block Q_i (rows [q_start, q_end)):
+        m_i = -inf, l_i = 0, acc = 0
+        for each key block K_j, V_j that some row of the block can see
+        (keys [0, visible_key_end(q_end, ...)); later blocks are skipped):
+            S     = Q_i K_j^T * scale               (masked to -inf where j > i + Lk - Lq)
+            m_new = max(m_i, rowmax(S))
+            P     = exp(S - m_new)
+            alpha = exp(m_i - m_new)                rescales what was summed so far
+            l_i   = alpha * l_i + rowsum(P)
+            acc   = alpha * acc + P V_j
+            m_i   = m_new
+        out_i = acc / l_i,   lse_i = m_i + log(l_i)
+
+    Checks (ValueError/TypeError naming the argument): q, k, v 4-D float tensors
+    of one dtype and device with matching (B, H), D and Lk; causal a bool;
+    scale None or a finite number; block_q, block_k ints >= 1.
+    """
+    raise NotImplementedError("L05: implement flash_attention_forward in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
+
+
+def flash_attention_backward(q, k, v, out, lse, grad_out, causal=False, scale=None, block_q=64, block_k=64):
+    """Tiled attention backward by recomputation: returns (dq, dk, dv).
+
+    q, k, v, causal, scale, block sizes: as given to flash_attention_forward;
+    out (B, H, Lq, Dv) and lse (B, H, Lq): what it returned; grad_out (B, H, Lq, Dv)
+    = dL/dout. dq, dk, dv have the shapes and dtype of q, k, v.
+
+    Nothing of size Lq x Lk is stored or rebuilt: each block of P is recomputed
+    from lse, exactly, as P_ij = exp(Q_i K_j^T * scale - lse_i), and used at once.
+
+        D_i   = rowsum(dO_i * O_i)                (B, H, Lq): equals rowsum(P * dP)
+        for each query block i and each visible key block j (the forward's loop):
+            P     = exp(S_ij - lse_i)            (0 where masked, and in rows with lse = -inf)
+            dV_j += P^T dO_i
+            dP    = dO_i V_j^T
+            dS    = P * (dP - D_i) * scale
+            dQ_i += dS K_j
+            dK_j += dS^T Q_i
+
+    Checks as in flash_attention_forward, plus: out and grad_out (B, H, Lq, Dv)
+    and lse (B, H, Lq) tensors (ValueError/TypeError naming them).
+    """
+    raise NotImplementedError("L05: implement flash_attention_backward in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
+
+
+class FlashAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper: forward runs flash_attention_forward and saves
+    q, k, v, out and lse (O(L) extra memory, no (Lq, Lk) tensor); backward runs
+    flash_attention_backward. apply(q, k, v, causal, scale, block_q, block_k) -> out.
+    The non-tensor arguments get no gradient (None)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale, block_q, block_k):
+        raise NotImplementedError("L05: implement FlashAttentionFunction.forward in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        raise NotImplementedError("L05: implement FlashAttentionFunction.backward in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
+
+
+def flash_attention(q, k, v, causal=False, scale=None, block_q=64, block_k=64):
+    """softmax(q k^T * scale [+ causal mask]) v, tiled, differentiable:
+    out (B, H, Lq, Dv) in q's dtype. Forward and backward both work block by
+    block (FlashAttentionFunction). Same arguments and checks as
+    flash_attention_forward."""
+    raise NotImplementedError("L05: implement flash_attention in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
+
+

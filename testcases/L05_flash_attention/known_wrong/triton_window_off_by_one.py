@@ -1,0 +1,12 @@
+"""Window off by one: p - j <= W keeps W + 1 keys."""
+MODULE = "flash_attention_triton"
+
+
+@triton.jit
+def _visible(pos_m, offs_n, Lk, window, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr):
+    ok = offs_n[None, :] < Lk
+    if CAUSAL:
+        ok = ok & (offs_n[None, :] <= pos_m[:, None])
+    if WINDOWED:
+        ok = ok & (pos_m[:, None] - offs_n[None, :] <= window)
+    return ok
