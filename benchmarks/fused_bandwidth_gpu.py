@@ -28,7 +28,7 @@ What to look for: the copy line is the roof (a device-to-device copy on an H100 
 roughly 2.5-3 TB/s of the 3.35 TB/s peak). Our single-block kernels read and write each element
 once, so they should sit close to it, targets printed at the end: >= 80% of the
 copy's bandwidth at large sizes, and at least as fast as torch.softmax. Past
-MAX_BLOCK_SIZE = 16384 (the 32768 point) the looped kernels read x twice, so at
+MAX_BLOCK_SIZE = 32768 (the 65536 point) the looped kernels read x twice, so at
 best 2/3 of the copy if the second read came from HBM (it often hits L2). Short
 rows are where per-program overheads show (several rows share a program to
 compensate). torch.compile generates a similar fused kernel from the eager
@@ -47,7 +47,8 @@ from pathlib import Path
 
 FIELDS = ["op", "dtype", "n_cols", "n_rows", "bytes", "ours_gbps", "torch_gbps", "compiled_gbps", "copy_gbps",
           "ours_over_copy", "ours_over_torch", "max_err", "device"]
-DEFAULT_LENGTHS = [256, 512, 1024, 2048, 3000, 4096, 8192, 16384, 32768]
+DEFAULT_LENGTHS = [256, 512, 1024, 2048, 3000, 4096, 8192, 16384, 32768, 65536]
+SINGLE_BLOCK_MAX = 32768  # the reference's MAX_BLOCK_SIZE: longer rows take the looped kernels
 
 
 def eager_softmax(x):
@@ -177,7 +178,7 @@ def summary(rows):
     print("\ntargets (single-block kernels, n >= 1024, i.e. the sizes where the copy itself is at full speed):")
     for op in sorted({r["op"] for r in rows}):
         for dtype in sorted({r["dtype"] for r in rows if r["op"] == op}):
-            sel = [r for r in rows if r["op"] == op and r["dtype"] == dtype and 1024 <= r["n_cols"] <= 16384]
+            sel = [r for r in rows if r["op"] == op and r["dtype"] == dtype and 1024 <= r["n_cols"] <= SINGLE_BLOCK_MAX]
             if not sel:
                 continue
             worst_copy = min(r["ours_over_copy"] for r in sel)
@@ -204,9 +205,9 @@ def plot(csv_path, png_path):
         for method, (style, color, label) in styles.items():
             values = [float(r[f"{method}_gbps"]) for r in sel]
             ax.plot(n, values, style, color=color, label=label, ms=4)
-        if max(n) > 16384:  # past MAX_BLOCK_SIZE the kernels loop: two reads of x
-            ax.axvspan(16384 * 1.2, max(n) * 1.5, color="0.92", zorder=0)
-            ax.text(16384 * 1.25, 0.97, "looped:\n2 reads", transform=ax.get_xaxis_transform(),
+        if max(n) > SINGLE_BLOCK_MAX:  # past MAX_BLOCK_SIZE the kernels loop: two reads of x
+            ax.axvspan(SINGLE_BLOCK_MAX * 1.2, max(n) * 1.5, color="0.92", zorder=0)
+            ax.text(SINGLE_BLOCK_MAX * 1.25, 0.97, "looped:\n2 reads", transform=ax.get_xaxis_transform(),
                     va="top", fontsize=7, color="0.35")
         ax.set_xscale("log", base=2)
         ax.set_xticks(n, [str(v) for v in n], rotation=45, fontsize=7)
