@@ -46,8 +46,13 @@ LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is o
 LN2 = 0.6931471805599453    # ln(2): turns a log2-domain logsumexp back into natural log
 
 
+# Triton reads TRITON_INTERPRET when it decorates a kernel, i.e. when this module is imported:
+# read it once here too, so the launcher and the kernels always agree.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return INTERPRETED
 
 
 # ---------------------------------------------------------------------------
@@ -223,8 +228,8 @@ def _check_inputs(q, k, v, causal, scale, window):
         if not causal:
             raise ValueError(f"window={window} is a causal sliding window: pass causal=True with it")
     if q.device.type == "cpu" and not _interpreting():
-        raise ValueError("q is on the CPU: Triton runs CPU tensors only under TRITON_INTERPRET=1 "
-                         "(set it before importing triton), otherwise move q, k, v to a CUDA device")
+        raise ValueError("q is on the CPU: Triton runs CPU tensors only under TRITON_INTERPRET=1, set before "
+                         "this module (and triton) is first imported; otherwise move q, k, v to a CUDA device")
     if q.device.type not in ("cpu", "cuda"):
         raise ValueError(f"q must be on a CUDA device (or the CPU under the interpreter), got {q.device}")
 
