@@ -100,6 +100,40 @@ def check_qkv(q, k, v):
             f"expected (..., Lk, Dv)")
 
 
+def check_cache_update(cache, k, v):
+    """k and v (B, H, L_new, D) fit `cache` (anything with batch_size, num_heads,
+    head_dim, dtype and device): the KV caches of L04 and L07."""
+    for name, t in (("k", k), ("v", v)):
+        check_tensor(name, t, min_dim=4)
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (B, H, L_new, D), got shape {tuple(t.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    expected = (cache.batch_size, cache.num_heads, cache.head_dim)
+    got = (k.shape[0], k.shape[1], k.shape[3])
+    if got != expected:
+        raise ValueError(f"k has (batch, heads, head_dim) = {got}, but the cache was made for {expected}")
+    if k.dtype != cache.dtype or v.dtype != cache.dtype:
+        raise TypeError(f"k and v must have the cache's dtype {cache.dtype}, got k {k.dtype} and v {v.dtype}")
+    if k.device != cache.device or v.device != cache.device:
+        raise ValueError(f"k and v must be on the cache's device {cache.device}, got {k.device} and {v.device}")
+
+
+def check_key_padding_mask(key_padding_mask, batch, num_cached, num_new, device, input_name):
+    """A bool (B, Lk) mask, True = real token, over every key attended to: the
+    num_cached keys already in the cache, then the num_new ones of this call."""
+    if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
+        got = getattr(key_padding_mask, "dtype", type(key_padding_mask).__name__)
+        raise TypeError(f"key_padding_mask must be a bool tensor (True = real token), got {got}")
+    if tuple(key_padding_mask.shape) != (batch, num_cached + num_new):
+        raise ValueError(
+            f"key_padding_mask has shape {tuple(key_padding_mask.shape)}, expected (B, Lk) = "
+            f"({batch}, {num_cached + num_new}): it covers every key attended to, the {num_cached} cached ones "
+            f"included")
+    if key_padding_mask.device != device:
+        raise ValueError(f"key_padding_mask is on {key_padding_mask.device} but {input_name} is on {device}")
+
+
 def check_mask(mask, scores_shape, device):
     """A boolean (True = attend) or additive float mask that broadcasts to
     scores_shape (..., Lq, Lk) without enlarging it."""

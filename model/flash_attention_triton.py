@@ -43,16 +43,11 @@ import triton.language as tl
 from ._checks import check_positive_int, check_scale, check_tensor
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one hardware instruction
-LN2 = 0.6931471805599453    # ln(2): turns a log2-domain logsumexp back into natural log
 
 
 # Triton reads TRITON_INTERPRET when it decorates a kernel, i.e. when this module is imported:
 # read it once here too, so the launcher and the kernels always agree.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _interpreting() -> bool:
-    return INTERPRETED
 
 
 # ---------------------------------------------------------------------------
@@ -189,7 +184,7 @@ INTERPRETER_TILES = (16, 16, 1, 1)
 
 def _launch(kernel, name, grid, *args, **constants):
     """kernel[grid](*args) with the tile for this kernel and head dim; grid(BLOCK_M, BLOCK_N) -> launch grid."""
-    if _interpreting():
+    if INTERPRETED:
         block_m, block_n, warps, stages = INTERPRETER_TILES
     else:
         block_m, block_n, warps, stages = GPU_TILES[(name, 64 if constants["HEAD_DIM"] <= 64 else 128)]
@@ -227,7 +222,7 @@ def _check_inputs(q, k, v, causal, scale, window):
         check_positive_int("window", window)
         if not causal:
             raise ValueError(f"window={window} is a causal sliding window: pass causal=True with it")
-    if q.device.type == "cpu" and not _interpreting():
+    if q.device.type == "cpu" and not INTERPRETED:
         raise ValueError("q is on the CPU: Triton runs CPU tensors only under TRITON_INTERPRET=1, set before "
                          "this module (and triton) is first imported; otherwise move q, k, v to a CUDA device")
     if q.device.type not in ("cpu", "cuda"):
@@ -239,37 +234,44 @@ def _contiguous_last(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def _kernel_constants(q, causal, window):
+    """The compile-time arguments every attention kernel takes."""
+    D = q.shape[-1]
+    return dict(HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), CAUSAL=causal, WINDOWED=window is not None,
+                DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+
+
+def _softmax_scale(head_dim, scale):
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+
 def _forward(q, k, v, causal, scale, window):
     B, H, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
-    sm_scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    sm_scale = _softmax_scale(D, scale)
     out = torch.empty_like(q)
     lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
 
     _launch(_fwd_kernel, "fwd", lambda block_m, block_n: (triton.cdiv(Lq, block_m), B * H),
             q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-            H, H // Hkv, Lq, Lk, window or 0, sm_scale * LOG2E,
-            HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), CAUSAL=causal, WINDOWED=window is not None,
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+            H, H // Hkv, Lq, Lk, window or 0, sm_scale * LOG2E, **_kernel_constants(q, causal, window))
     return out, lse
 
 
 def _backward(q, k, v, out, lse, grad_out, causal, scale, window):
     B, H, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
-    sm_scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    sm_scale = _softmax_scale(D, scale)
     grad_out = _contiguous_last(grad_out)
-    block_d = max(16, triton.next_power_of_2(D))
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    common = _kernel_constants(q, causal, window)
 
     delta = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
-    pre_m = 16 if _interpreting() else 64
+    pre_m = 16 if INTERPRETED else 64
     _bwd_preprocess[(triton.cdiv(Lq, pre_m), B * H)](
         out, grad_out, delta, *out.stride()[:3], *grad_out.stride()[:3], H, Lq,
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=pre_m)
+        HEAD_DIM=D, BLOCK_D=common["BLOCK_D"], BLOCK_M=pre_m)
 
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    common = dict(HEAD_DIM=D, BLOCK_D=block_d, CAUSAL=causal, WINDOWED=window is not None, DOT_PRECISION=precision)
     _launch(_bwd_dkdv_kernel, "dkdv", lambda block_m, block_n: (triton.cdiv(Lk, block_n), B * Hkv),
             q, k, v, grad_out, lse, delta, dk, dv,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3],

@@ -40,7 +40,7 @@ kv_cache_bytes.
 import torch
 import torch.nn as nn
 
-from ._checks import check_positive_int, check_tensor, compute_dtype
+from ._checks import check_key_padding_mask, check_positive_int, check_tensor, compute_dtype
 from .masks import causal_mask
 from .scaled_dot_product import scaled_dot_product_attention
 

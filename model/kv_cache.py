@@ -41,7 +41,8 @@ token_positions, greedy_generate.
 import torch
 import torch.nn as nn
 
-from ._checks import FLOAT_DTYPES, check_positive_int, check_tensor
+from ._checks import (FLOAT_DTYPES, check_cache_update, check_key_padding_mask, check_positive_int,
+                      check_tensor)
 from .masks import causal_mask
 from .scaled_dot_product import scaled_dot_product_attention
 

@@ -32,7 +32,8 @@ import math
 
 import torch
 
-from ._checks import FLOAT_DTYPES, check_positive_int, check_qkv, check_scale, check_tensor, compute_dtype
+from ._checks import (FLOAT_DTYPES, check_cache_update, check_positive_int, check_qkv, check_scale,
+                      compute_dtype)
 
 
 def sliding_window_mask(q_len, k_len, window, device=None):
@@ -142,5 +143,3 @@ class RollingKVCache:
     def reset(self):
         """Start a new sequence: seq_len = 0; the buffers stay (nothing held is ever read again)."""
         raise NotImplementedError("L07: implement RollingKVCache.reset in model/sliding_window.py (see tutorial/L07_sliding_window/README.md)")
-
-

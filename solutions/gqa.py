@@ -40,7 +40,7 @@ kv_cache_bytes.
 import torch
 import torch.nn as nn
 
-from ._checks import check_positive_int, check_tensor, compute_dtype
+from ._checks import check_key_padding_mask, check_positive_int, check_tensor, compute_dtype
 from .masks import causal_mask
 from .scaled_dot_product import scaled_dot_product_attention
 
@@ -192,15 +192,7 @@ def _check_forward(module, x, key_padding_mask, cache, causal):
             raise TypeError(f"cache holds {cache_dtype} but hidden_states is {x.dtype}")
         past = cache.seq_len
     if key_padding_mask is not None:
-        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
-            got = getattr(key_padding_mask, "dtype", type(key_padding_mask).__name__)
-            raise TypeError(f"key_padding_mask must be a bool tensor (True = real token), got {got}")
-        if tuple(key_padding_mask.shape) != (B, past + L):
-            raise ValueError(
-                f"key_padding_mask has shape {tuple(key_padding_mask.shape)}, expected (B, Lk) = "
-                f"({B}, {past + L}): it covers every key attended to, the {past} cached ones included")
-        if key_padding_mask.device != x.device:
-            raise ValueError(f"key_padding_mask is on {key_padding_mask.device} but hidden_states is on {x.device}")
+        check_key_padding_mask(key_padding_mask, B, past, L, x.device, "hidden_states")
 ### END SOLUTION
 
 

@@ -41,7 +41,8 @@ token_positions, greedy_generate.
 import torch
 import torch.nn as nn
 
-from ._checks import FLOAT_DTYPES, check_positive_int, check_tensor
+from ._checks import (FLOAT_DTYPES, check_cache_update, check_key_padding_mask, check_positive_int,
+                      check_tensor)
 from .masks import causal_mask
 from .scaled_dot_product import scaled_dot_product_attention
 
@@ -96,7 +97,7 @@ class KVCache:
           "cache holds 4096 positions, update would make it 4100".
         """
         ### BEGIN SOLUTION
-        _check_update(self, k, v)
+        check_cache_update(self, k, v)
         start, end = self.seq_len, self.seq_len + k.shape[-2]
         if end > self.max_seq_len:
             raise ValueError(f"cache holds {self.max_seq_len} positions, update would make it {end} "
@@ -121,25 +122,6 @@ class KVCache:
     def nbytes(self):
         """Bytes held by the two buffers: 2 * B * H * max_seq_len * D * element size."""
         return self.k_cache.nbytes + self.v_cache.nbytes
-
-
-### BEGIN SOLUTION
-def _check_update(cache, k, v):
-    for name, t in (("k", k), ("v", v)):
-        check_tensor(name, t, min_dim=4)
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (B, H, L_new, D), got shape {tuple(t.shape)}")
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)} and v {tuple(v.shape)}")
-    expected = (cache.batch_size, cache.num_heads, cache.head_dim)
-    got = (k.shape[0], k.shape[1], k.shape[3])
-    if got != expected:
-        raise ValueError(f"k has (batch, heads, head_dim) = {got}, but the cache was made for {expected}")
-    if k.dtype != cache.dtype or v.dtype != cache.dtype:
-        raise TypeError(f"k and v must have the cache's dtype {cache.dtype}, got k {k.dtype} and v {v.dtype}")
-    if k.device != cache.device or v.device != cache.device:
-        raise ValueError(f"k and v must be on the cache's device {cache.device}, got {k.device} and {v.device}")
-### END SOLUTION
 
 
 class MultiHeadAttention(nn.Module):
@@ -231,15 +213,7 @@ def _check_forward(module, x, key_padding_mask, cache, causal):
             raise TypeError(f"cache holds {cache.dtype} but x is {x.dtype}")
         past = cache.seq_len
     if key_padding_mask is not None:
-        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
-            got = getattr(key_padding_mask, "dtype", type(key_padding_mask).__name__)
-            raise TypeError(f"key_padding_mask must be a bool tensor (True = real token), got {got}")
-        if tuple(key_padding_mask.shape) != (B, past + L):
-            raise ValueError(
-                f"key_padding_mask has shape {tuple(key_padding_mask.shape)}, expected (B, Lk) = "
-                f"({B}, {past + L}): it covers every key attended to, the {past} cached ones included")
-        if key_padding_mask.device != x.device:
-            raise ValueError(f"key_padding_mask is on {key_padding_mask.device} but x is on {x.device}")
+        check_key_padding_mask(key_padding_mask, B, past, L, x.device, "x")
 ### END SOLUTION
 
 

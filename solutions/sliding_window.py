@@ -32,7 +32,8 @@ import math
 
 import torch
 
-from ._checks import FLOAT_DTYPES, check_positive_int, check_qkv, check_scale, check_tensor, compute_dtype
+from ._checks import (FLOAT_DTYPES, check_cache_update, check_positive_int, check_qkv, check_scale,
+                      compute_dtype)
 
 
 def sliding_window_mask(q_len, k_len, window, device=None):
@@ -212,7 +213,7 @@ class RollingKVCache:
         than the cache's: TypeError/ValueError naming k (or v) and both values.
         """
         ### BEGIN SOLUTION
-        _check_update(self, k, v)
+        check_cache_update(self, k, v)
         n, held, ring = k.shape[-2], self.held, self.window - 1
 
         # -- read the held past, oldest first: positions seq_len - held .. seq_len - 1 --
@@ -236,22 +237,3 @@ class RollingKVCache:
         ### BEGIN SOLUTION
         self.seq_len = 0
         ### END SOLUTION
-
-
-### BEGIN SOLUTION
-def _check_update(cache, k, v):
-    for name, t in (("k", k), ("v", v)):
-        check_tensor(name, t, min_dim=4)
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (B, H, n, D), got shape {tuple(t.shape)}")
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)} and v {tuple(v.shape)}")
-    expected = (cache.batch_size, cache.num_heads, cache.head_dim)
-    got = (k.shape[0], k.shape[1], k.shape[3])
-    if got != expected:
-        raise ValueError(f"k has (batch, heads, head_dim) = {got}, but the cache was made for {expected}")
-    if k.dtype != cache.dtype or v.dtype != cache.dtype:
-        raise TypeError(f"k and v must have the cache's dtype {cache.dtype}, got k {k.dtype} and v {v.dtype}")
-    if k.device != cache.device or v.device != cache.device:
-        raise ValueError(f"k and v must be on the cache's device {cache.device}, got {k.device} and {v.device}")
-### END SOLUTION

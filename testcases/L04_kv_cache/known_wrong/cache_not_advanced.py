@@ -4,7 +4,7 @@ MODULE = "kv_cache"
 
 class KVCache(KVCache):
     def update(self, k, v):
-        _check_update(self, k, v)
+        check_cache_update(self, k, v)
         end = self.seq_len + k.shape[-2]
         self.k_cache[:, :, self.seq_len:end] = k
         self.v_cache[:, :, self.seq_len:end] = v

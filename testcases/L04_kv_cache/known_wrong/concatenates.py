@@ -4,7 +4,7 @@ MODULE = "kv_cache"
 
 class KVCache(KVCache):
     def update(self, k, v):
-        _check_update(self, k, v)
+        check_cache_update(self, k, v)
         end = self.seq_len + k.shape[-2]
         if end > self.max_seq_len:
             raise ValueError(f"cache holds {self.max_seq_len} positions, update would make it {end}")

@@ -3,7 +3,7 @@ MODULE = "kv_cache"
 CAUGHT_BY = "advanced"
 
 
-def _check_update(cache, k, v):
+def check_cache_update(cache, k, v):
     pass
 
 

@@ -4,7 +4,7 @@ MODULE = "sliding_window"
 
 class RollingKVCache(RollingKVCache):
     def update(self, k, v):
-        _check_update(self, k, v)
+        check_cache_update(self, k, v)
         if self.seq_len == 0:
             self.k_all, self.v_all = k.clone(), v.clone()
         else:

@@ -4,7 +4,7 @@ MODULE = "sliding_window"
 
 class RollingKVCache(RollingKVCache):
     def update(self, k, v):
-        _check_update(self, k, v)
+        check_cache_update(self, k, v)
         n, held = k.shape[-2], self.held
         k_visible = torch.cat([self.k_cache[:, :, :held], k], dim=2)
         v_visible = torch.cat([self.v_cache[:, :, :held], v], dim=2)

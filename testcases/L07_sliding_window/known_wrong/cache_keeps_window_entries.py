@@ -14,7 +14,7 @@ class RollingKVCache(RollingKVCache):
         return min(self.seq_len, self.window)
 
     def update(self, k, v):
-        _check_update(self, k, v)
+        check_cache_update(self, k, v)
         n, held, ring = k.shape[-2], self.held, self.window
         slots = torch.arange(self.seq_len - held, self.seq_len) % ring
         k_visible = torch.cat([self.k_cache.index_select(2, slots), k], dim=2)

@@ -2,5 +2,5 @@
 MODULE = "sliding_window"
 
 
-def _check_update(cache, k, v):
+def check_cache_update(cache, k, v):
     pass

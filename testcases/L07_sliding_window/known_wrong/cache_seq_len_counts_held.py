@@ -17,7 +17,7 @@ class RollingKVCache(RollingKVCache):
 
     def update(self, k, v):
         # the reference update, reading and advancing the true count through _seen
-        _check_update(self, k, v)
+        check_cache_update(self, k, v)
         n, held, ring = k.shape[-2], self.held, self.window - 1
         past = torch.arange(self._seen - held, self._seen, device=self.device)
         slots = past % ring if held else past
