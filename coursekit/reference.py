@@ -1,7 +1,7 @@
 """Independent references, built from torch primitives and evaluated in float64.
 
 Tests compare implementations against these, never against solutions/.
-Each follows the course conventions (COURSE.md): boolean masks are True = may
+Each follows the course conventions (tutorial/CONVENTIONS.md): boolean masks are True = may
 attend, additive masks are 0 / -inf, and a fully masked row gives zeros.
 """
 import math

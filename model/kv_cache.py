@@ -24,7 +24,7 @@ d_model = H * D; per-head q (B, H, Lq, D), cached k and v (B, H, Lk, D);
 scores (B, H, Lq, Lk). During decoding Lq is the number of NEW tokens and Lk the
 number of cached keys after the update, so Lq <= Lk.
 
-Conventions (COURSE.md): causal alignment is bottom-right, so query i of the Lq
+Conventions (tutorial/CONVENTIONS.md): causal alignment is bottom-right, so query i of the Lq
 new tokens sits at absolute position i + Lk - Lq and sees keys j <= i + Lk - Lq;
 key_padding_mask is (B, Lk), True = real token, over ALL keys attended to (the
 cached ones included); a fully masked query row gives output 0.

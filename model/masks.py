@@ -1,6 +1,6 @@
 """L03 — Masks: causal, padding, combined, additive, cached.
 
-Conventions (COURSE.md):
+Conventions (tutorial/CONVENTIONS.md):
 - Boolean masks are True where a query MAY attend (as F.scaled_dot_product_attention;
   nn.MultiheadAttention's key_padding_mask uses the opposite polarity).
 - Additive masks hold 0 (keep) or -inf (drop) and are added to the scores.

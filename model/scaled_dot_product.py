@@ -5,7 +5,7 @@
 Shapes (course-wide letters): q (B, H, Lq, D), k (B, H, Lk, D), v (B, H, Lk, Dv).
 Any number of leading dims works, as long as q, k and v agree on them.
 
-Conventions (COURSE.md): a boolean mask is True where a query may attend; an
+Conventions (tutorial/CONVENTIONS.md): a boolean mask is True where a query may attend; an
 additive mask holds 0 (keep) or -inf (drop); masks broadcast to (..., Lq, Lk).
 A query whose keys are all masked gets output 0 and weights 0, never NaN.
 Half-precision inputs are computed in float32 and returned in their own dtype.

@@ -15,7 +15,7 @@ position depends on tokens up to n·(W - 1) positions back (the receptive field)
 
 Shapes (course-wide letters): q (B, H, Lq, D), k (B, H, Lk, D), v (B, H, Lk, Dv).
 
-Conventions (COURSE.md):
+Conventions (tutorial/CONVENTIONS.md):
 - A sliding window is always causal; W >= 1 counts the query's own key, so
   W = 1 attends to itself only, and W >= Lk is plain causal attention.
 - Alignment is bottom-right, as for L03's causal mask: query i of Lq sits at

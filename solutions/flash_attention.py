@@ -45,7 +45,7 @@ last block is shorter) or that exceed them (one block). On a GPU they are chosen
 so that a tile fits in on-chip SRAM; here they only trade Python loop overhead
 (small blocks: many iterations) against the size of the temporary block.
 
-Conventions (COURSE.md): q (B, H, Lq, D), k (B, H, Lk, D), v (B, H, Lk, Dv);
+Conventions (tutorial/CONVENTIONS.md): q (B, H, Lq, D), k (B, H, Lk, D), v (B, H, Lk, Dv);
 scale defaults to 1/sqrt(D); causal is aligned bottom-right (query i sees keys
 j <= i + Lk - Lq); a query that sees no key (causal with Lq > Lk) gets output
 0, lse -inf and zero gradients, never NaN. Half-precision inputs are computed in

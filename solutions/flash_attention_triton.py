@@ -13,7 +13,7 @@ HBM sees each Q, K, V, O element a small number of times and never an
                    the query tiles (of every query head of its group) that see it
                 3. dQ: grid (Lq / BLOCK_M, B * H); a query tile loops over keys
 
-What it supports (COURSE.md conventions): causal with bottom-right alignment
+What it supports (tutorial/CONVENTIONS.md): causal with bottom-right alignment
 (query i sits at position i + Lk - Lq), any Lq and Lk (tails are masked), head
 dims 16..128 (not only powers of two: the tile is padded), GQA (query head h
 reads key/value head h // (H // Hkv) straight from K and V: no repeated copy),

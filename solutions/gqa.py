@@ -14,7 +14,7 @@ in between: the H query heads form Hkv groups of n_rep = H / Hkv adjacent heads,
 and each group shares one key/value head. The cache, and the bytes a step
 reads, shrink by n_rep; the queries (and the model's output width) stay as wide.
 
-Head mapping (COURSE.md, as Hugging Face's repeat_kv and SDPA's enable_gqa):
+Head mapping (tutorial/CONVENTIONS.md, as Hugging Face's repeat_kv and SDPA's enable_gqa):
 query head h uses key/value head h // n_rep. Interleaved, not tiled:
 
     H = 6, Hkv = 2, n_rep = 3:   query heads  0 1 2 | 3 4 5

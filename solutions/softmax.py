@@ -9,7 +9,7 @@ is exactly 1, so the sum is >= 1 and never underflows to 0. The online version
 pass over blocks of x, rescaling the running sum whenever the running max grows;
 FlashAttention is this idea applied to the rows of Q K^T.
 
-Conventions (COURSE.md): a row that is entirely -inf has softmax 0 and
+Conventions (tutorial/CONVENTIONS.md): a row that is entirely -inf has softmax 0 and
 logsumexp -inf, never NaN. Half-precision inputs are computed in float32 and
 returned in their own dtype.
 """
