@@ -1,0 +1,342 @@
+"""L10 benchmark: one decoding step (Lq = 1) against a long KV cache, as GB/s of cache read (GPU).
+
+    python benchmarks/decode_attention_gpu.py --impl solutions --out benchmarks/results
+    python benchmarks/decode_attention_gpu.py --impl solutions --sweep          # tune the split kernel first
+    python benchmarks/decode_attention_gpu.py --plot benchmarks/results/decode_attention_gpu.csv
+
+For B in {1, 8, 64}, H = 32 query heads with Hkv in {32 (MHA), 8 (GQA), 1 (MQA)}
+KV heads, D = 128, cache lengths T = 1k .. 128k, bfloat16, it times in the same
+run, on the same q, k, v:
+
+    ours      impl.decode_attention_triton.triton_decode_attention (split-KV, GQA packed)
+    flash, efficient, cudnn, math
+              F.scaled_dot_product_attention pinned to each SDPA backend, with
+              enable_gqa when Hkv < H (a backend that rejects the shape is left out)
+    flex      torch.compile(flex_attention), which takes its decoding kernel for short Lq
+    l05       impl.flash_attention_triton.triton_flash_attention_forward (L05's kernel)
+    copy      dst.copy_(k); dst.copy_(v): a device-to-device copy of the same bytes, the roof
+
+A decode step must read the whole cache, K and V: 2 * B * Hkv * T * D * 2 bytes.
+Every method's bandwidth counts exactly those bytes (what it writes is B * H * D,
+negligible); the copy's counts its read AND its write (2x the cache), so it is
+what HBM sustains when it streams, and ours / copy is the fraction of the
+machine's bandwidth the kernel reaches.
+
+Each point is timed `--repeats` times, the methods interleaved (so drift of a
+shared GPU hits them alike); each timing is coursekit.bench.gpu_time (CUDA
+events, L2 flushed before each call, median over ~100 ms). The CSV keeps the
+median of the repeats and the min and max (the spread). Points whose cache (x 1.8,
+for the copy's target and workspace) does not fit in free memory are skipped.
+
+Targets (issue 14, H200): ours >= 1.0x the best SDPA backend at every T >= 4k,
+ours >= 85 % of the copy's bandwidth at T >= 16k. The script prints them.
+Writes decode_attention_gpu.csv as it goes (no matplotlib needed on the GPU);
+--plot draws decode_attention_gpu.png from a CSV.
+"""
+import argparse
+import csv
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+FIELDS = ["batch", "heads", "kv_heads", "seq_len", "head_dim", "dtype", "method", "us", "us_min", "us_max",
+          "gbps", "cache_bytes", "num_splits", "max_err", "device"]
+HEADS, HEAD_DIM = 32, 128
+SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
+
+
+def cache_bytes(batch, kv_heads, seq_len, head_dim, element_size):
+    return 2 * batch * kv_heads * seq_len * head_dim * element_size  # K and V
+
+
+def methods(impl, heads, kv_heads, skip):
+    """{name: fn(q, k, v) -> out} for every method of the docstring not in `skip`."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    gqa = heads != kv_heads
+    backends = dict(flash=SDPBackend.FLASH_ATTENTION, efficient=SDPBackend.EFFICIENT_ATTENTION,
+                    cudnn=SDPBackend.CUDNN_ATTENTION, math=SDPBackend.MATH)
+
+    def sdpa(backend):
+        def run(q, k, v):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        return run
+
+    fns = {"ours": lambda q, k, v: impl.decode_attention_triton.triton_decode_attention(q, k, v)[0]}
+    fns.update({name: sdpa(b) for name, b in backends.items()})
+    fns["flex"] = lambda q, k, v: compiled_flex()(q, k, v, enable_gqa=gqa)
+    fns["l05"] = lambda q, k, v: impl.flash_attention_triton.triton_flash_attention_forward(q, k, v)[0]
+    return {name: fn for name, fn in fns.items() if name not in skip}
+
+
+_FLEX = {}
+
+
+def compiled_flex():
+    """flex_attention compiled once with dynamic shapes: one compilation serves every T and B
+    (a static compile per shape would cost ~10 s each, 50 times)."""
+    if "fn" not in _FLEX:
+        from torch.nn.attention.flex_attention import flex_attention
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=True)
+    return _FLEX["fn"]
+
+
+def fits(batch, kv_heads, seq_len, factor=1.8):
+    free, _ = torch.cuda.mem_get_info()
+    return factor * cache_bytes(batch, kv_heads, seq_len, HEAD_DIM, 2) < free
+
+
+def measure_point(impl, batch, kv_heads, seq_len, dtype, args):
+    """One CSV row per method at one (B, Hkv, T)."""
+    from coursekit.bench import gpu_time
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(batch, HEADS, 1, HEAD_DIM, device="cuda", dtype=dtype, generator=gen)
+    k = torch.randn(batch, kv_heads, seq_len, HEAD_DIM, device="cuda", dtype=dtype, generator=gen)
+    v = torch.randn(batch, kv_heads, seq_len, HEAD_DIM, device="cuda", dtype=dtype, generator=gen)
+    nbytes = cache_bytes(batch, kv_heads, seq_len, HEAD_DIM, q.element_size())
+    dst = torch.empty_like(k)
+
+    def copy():
+        dst.copy_(k)
+        dst.copy_(v)
+
+    skip = set(args.skip)
+    group = HEADS // kv_heads
+    if group > 1 and nbytes * group > args.math_max_gb * 1e9:
+        skip.add("math")  # the math backend materialises repeat_interleave(k, v): G x the cache
+    fns = methods(impl, HEADS, kv_heads, skip)
+    with torch.no_grad():
+        expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=group > 1) \
+            if nbytes * (2 if group == 1 else 2 * group) < 8e9 else None
+        errors, live = {}, {}
+        for name, fn in fns.items():
+            try:
+                out = fn(q, k, v)  # compiles / picks a kernel outside the timed region
+                torch.cuda.synchronize()
+                errors[name] = (out.float() - expected).abs().max().item() if expected is not None else math.nan
+                live[name] = fn
+            except Exception as e:  # a backend that rejects this shape, or runs out of memory
+                print(f"    {name:9s} skipped: {type(e).__name__}: {str(e).splitlines()[0][:90]}")
+                torch.cuda.empty_cache()
+        live["copy"] = lambda q, k, v: copy()
+        errors["copy"] = math.nan
+        times = {name: [] for name in live}
+        for _ in range(args.repeats):
+            for name, fn in live.items():
+                times[name].append(gpu_time(lambda: fn(q, k, v), warmup_ms=args.warmup_ms, rep_ms=args.rep_ms))
+    splits = None
+    try:
+        dat = impl.decode_attention_triton
+        splits = dat.choose_num_splits(batch, kv_heads, seq_len, dat._sm_count(torch.cuda.current_device()))
+    except AttributeError:
+        pass
+    rows = []
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        moved = 2 * nbytes if name == "copy" else nbytes
+        rows.append(dict(batch=batch, heads=HEADS, kv_heads=kv_heads, seq_len=seq_len, head_dim=HEAD_DIM,
+                         dtype=str(dtype).replace("torch.", ""), method=name, us=round(med * 1e6, 2),
+                         us_min=round(min(ts) * 1e6, 2), us_max=round(max(ts) * 1e6, 2),
+                         gbps=round(moved / med / 1e9, 1), cache_bytes=nbytes,
+                         num_splits=splits if name == "ours" else "", max_err=f"{errors[name]:.2e}",
+                         device=torch.cuda.get_device_name()))
+    del q, k, v, dst
+    torch.cuda.empty_cache()
+    return rows
+
+
+def sweep(impl, args):
+    """Time the split kernel over block sizes, warps, stages and forced split counts at a few
+    shapes; print the best per shape (what the config table and choose_num_splits were fitted to)."""
+    from coursekit.bench import gpu_time
+
+    dat = impl.decode_attention_triton
+    shapes = [(1, 1, 16384), (1, 1, 131072), (1, 8, 32768), (8, 8, 32768), (8, 1, 65536), (64, 32, 4096),
+              (8, 32, 16384), (64, 8, 16384)]
+    configs = [dict(BLOCK_N=n, num_warps=w, num_stages=s) for n in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4)]
+    split_counts = [1, 2, 4, 8, 16, 32, 64, 128]
+    sms = dat._sm_count(torch.cuda.current_device())
+    best_overall = {}
+    for batch, kv_heads, seq_len in shapes:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q = torch.randn(batch, HEADS, 1, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen)
+        k = torch.randn(batch, kv_heads, seq_len, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen)
+        v = torch.randn_like(k)
+        nbytes = cache_bytes(batch, kv_heads, seq_len, HEAD_DIM, 2)
+        results = {}
+        for config in configs:
+            dat.GPU_CONFIG = config
+            for s in split_counts:
+                if s > 1 and seq_len // s < config["BLOCK_N"]:
+                    continue
+                try:
+                    t = gpu_time(lambda: dat.triton_decode_attention(q, k, v, num_splits=s), warmup_ms=5, rep_ms=20)
+                except Exception as e:
+                    print(f"  {config} S={s}: failed ({str(e).splitlines()[0][:80]})")
+                    continue
+                results[(config["BLOCK_N"], config["num_warps"], config["num_stages"], s)] = t
+                best_overall.setdefault(tuple(config.values()), []).append((batch, kv_heads, seq_len, s, t))
+        best = sorted(results.items(), key=lambda kv: kv[1])[:5]
+        heuristic = dat.choose_num_splits(batch, kv_heads, seq_len, sms)
+        print(f"sweep B={batch} Hkv={kv_heads} T={seq_len} (heuristic S={heuristic}):")
+        for (n, w, st, s), t in best:
+            print(f"    BLOCK_N={n:3d} warps={w} stages={st} S={s:3d}: {t * 1e6:8.1f} us {nbytes / t / 1e9:7.0f} GB/s")
+        del q, k, v
+    # the config whose best-S time summed over the shapes is least
+    totals = {}
+    for config, entries in best_overall.items():
+        per_shape = {}
+        for b, h, t_len, s, t in entries:
+            per_shape[(b, h, t_len)] = min(per_shape.get((b, h, t_len), math.inf), t)
+        if len(per_shape) == len(shapes):
+            totals[config] = sum(t / min(e[4] for e in sum(best_overall.values(), []) if e[:3] == key)
+                                 for key, t in per_shape.items())
+    ranked = sorted(totals.items(), key=lambda kv: kv[1])
+    for config, total in ranked[:5]:
+        print(f"  config (BLOCK_N, warps, stages) = {config}: sum over shapes of time / best time = {total:.2f}")
+    if ranked:  # the rest of the run uses the winner
+        n, w, st = ranked[0][0]
+        dat.GPU_CONFIG = dict(BLOCK_N=n, num_warps=w, num_stages=st)
+    print("GPU_CONFIG =", dat.GPU_CONFIG)
+
+
+def report(rows):
+    """Print ours vs the best SDPA backend and vs the copy, and the two targets."""
+    table = {}
+    for r in rows:
+        table.setdefault((int(r["batch"]), int(r["kv_heads"]), int(r["seq_len"])), {})[r["method"]] = r
+    misses_sdpa, misses_copy = [], []
+    print(f"\n{'B':>3} {'Hkv':>3} {'T':>7}  {'ours us':>9} {'S':>4} {'best sdpa':>16} {'ours/sdpa':>9} "
+          f"{'ours GB/s':>9} {'copy GB/s':>9} {'ours/copy':>9} {'flex us':>8} {'l05 us':>8}")
+    for (b, h, t), m in sorted(table.items()):
+        if "ours" not in m:
+            continue
+        ours = float(m["ours"]["us"])
+        sdpa = {n: float(m[n]["us"]) for n in SDPA_BACKENDS if n in m}
+        best = min(sdpa, key=sdpa.get) if sdpa else None
+        r_sdpa = sdpa[best] / ours if best else math.nan
+        r_copy = float(m["ours"]["gbps"]) / float(m["copy"]["gbps"]) if "copy" in m else math.nan
+        if t >= 4096 and r_sdpa < 1.0:
+            misses_sdpa.append(((b, h, t), r_sdpa))
+        if t >= 16384 and r_copy < 0.85:
+            misses_copy.append(((b, h, t), r_copy))
+        flex = m.get("flex", {}).get("us", "")
+        l05 = m.get("l05", {}).get("us", "")
+        print(f"{b:3d} {h:3d} {t:7d}  {ours:9.1f} {m['ours']['num_splits']!s:>4} "
+              f"{(best or '-') + ' ' + (f'{sdpa[best]:.1f}' if best else ''):>16} {r_sdpa:9.2f} "
+              f"{float(m['ours']['gbps']):9.0f} {float(m['copy']['gbps']) if 'copy' in m else math.nan:9.0f} "
+              f"{r_copy:9.2f} {flex!s:>8} {l05!s:>8}")
+    print("\ntargets:")
+    print(f"  ours >= 1.0x best SDPA at T >= 4k: {'met' if not misses_sdpa else 'MISSED at ' + str(len(misses_sdpa))}"
+          + "".join(f"\n    B={b} Hkv={h} T={t}: {r:.2f}x" for (b, h, t), r in misses_sdpa))
+    print(f"  ours >= 0.85 of the copy at T >= 16k: {'met' if not misses_copy else 'MISSED at ' + str(len(misses_copy))}"
+          + "".join(f"\n    B={b} Hkv={h} T={t}: {r:.2f}" for (b, h, t), r in misses_copy))
+
+
+def plot(csv_path, png_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(csv_path)))
+    batches = sorted({int(r["batch"]) for r in rows})
+    kv_heads = sorted({int(r["kv_heads"]) for r in rows}, reverse=True)
+    style = {"ours": ("o-", "tab:green"), "flash": ("s--", "tab:blue"), "efficient": ("v--", "tab:cyan"),
+             "cudnn": ("D--", "tab:purple"), "math": ("x:", "0.6"), "flex": ("^-", "tab:orange"),
+             "l05": ("P-", "tab:red"), "copy": ("-", "0.2")}
+    fig, axes = plt.subplots(len(kv_heads), len(batches), figsize=(5 * len(batches), 3.6 * len(kv_heads)),
+                             squeeze=False, sharey=True)
+    for i, h in enumerate(kv_heads):
+        for j, b in enumerate(batches):
+            ax = axes[i, j]
+            for method, (marker, color) in style.items():
+                pts = sorted((int(r["seq_len"]), float(r["gbps"])) for r in rows
+                             if int(r["batch"]) == b and int(r["kv_heads"]) == h and r["method"] == method)
+                if pts:
+                    ax.plot(*zip(*pts), marker, color=color, label=method + (" (1R + 1W)" if method == "copy" else ""),
+                            lw=2 if method in ("ours", "copy") else 1)
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"B={b}, H={HEADS}, Hkv={h} ({'MHA' if h == HEADS else 'MQA' if h == 1 else 'GQA'})",
+                         fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+            if i == len(kv_heads) - 1:
+                ax.set_xlabel("cache length T")
+            if j == 0:
+                ax.set_ylabel("GB/s of cache read")
+    axes[0, 0].legend(fontsize=7)
+    device = rows[0]["device"] if rows else ""
+    fig.suptitle(f"one decoding step, D={HEAD_DIM}, {rows[0]['dtype'] if rows else ''}, {device}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    print(f"wrote {png_path}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--impl", default=None, help="implementation package (default: $COURSE_IMPL or model)")
+    parser.add_argument("--out", default=None, help="folder for decode_attention_gpu.csv (and .png with matplotlib)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--kv-heads", type=int, nargs="+", default=[32, 8, 1])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 32768, 65536, 131072])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup-ms", type=float, default=10)
+    parser.add_argument("--rep-ms", type=float, default=40)
+    parser.add_argument("--math-max-gb", type=float, default=16, help="skip SDPA math when its repeated K, V exceed this")
+    parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out (e.g. flex math)")
+    parser.add_argument("--sweep", action="store_true", help="tune the split kernel first (prints a table)")
+    parser.add_argument("--plot", default=None, metavar="CSV", help="only draw the plot from CSV")
+    args = parser.parse_args()
+    if args.plot:
+        plot(args.plot, Path(args.plot).with_suffix(".png"))
+        return
+
+    from coursekit.impl import Implementation
+    impl = Implementation(args.impl)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
+          f"{torch.cuda.get_device_properties(0).multi_processor_count} SMs")
+    if args.sweep:
+        sweep(impl, args)
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    start = time.time()
+    writer = None
+    f = open(out / "decode_attention_gpu.csv", "w", newline="") if out else None
+    if f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+    for batch in args.batches:
+        for kv_heads in args.kv_heads:
+            for seq_len in args.lengths:
+                if not fits(batch, kv_heads, seq_len):
+                    print(f"B={batch} Hkv={kv_heads} T={seq_len}: skipped, the cache does not fit in memory")
+                    continue
+                print(f"B={batch} Hkv={kv_heads} T={seq_len} ({time.time() - start:.0f} s)", flush=True)
+                point = measure_point(impl, batch, kv_heads, seq_len, torch.bfloat16, args)
+                for r in point:
+                    print(f"    {r['method']:9s} {r['us']:10.1f} us [{r['us_min']:.1f}, {r['us_max']:.1f}] "
+                          f"{r['gbps']:7.0f} GB/s  err {r['max_err']}")
+                rows += point
+                if writer:
+                    writer.writerows(point)
+                    f.flush()
+    if f:
+        f.close()
+    report(rows)
+    if out:
+        try:
+            plot(out / "decode_attention_gpu.csv", out / "decode_attention_gpu.png")
+        except ImportError:
+            print("matplotlib not installed: draw the plot later with --plot")
+
+
+if __name__ == "__main__":
+    main()
