@@ -87,6 +87,33 @@ def compiled_flex():
     return _FLEX["fn"]
 
 
+GRAPHED = ("ours", "flash", "efficient", "cudnn", "l05", "copy")
+
+
+def captured(call):
+    """A CUDA graph of call(), or None where it cannot be captured. Eager calls pay the
+    host's launch work (Python, argument checks, Triton's launcher) every time; at short
+    caches that, not HBM, sets the time. Real decoders replay graphs (vLLM, gpt-fast), so
+    the graph rows measure what the GPU itself takes."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            call()
+            call()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            call()
+        graph.replay()
+        torch.cuda.synchronize()
+        return graph
+    except Exception as e:
+        print(f"    graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
+        torch.cuda.synchronize()
+        return None
+
+
 def fits(batch, kv_heads, seq_len, factor=1.8):
     free, _ = torch.cuda.mem_get_info()
     return factor * cache_bytes(batch, kv_heads, seq_len, HEAD_DIM, 2) < free
@@ -127,10 +154,17 @@ def measure_point(impl, batch, kv_heads, seq_len, dtype, args):
                 torch.cuda.empty_cache()
         live["copy"] = lambda q, k, v: copy()
         errors["copy"] = math.nan
-        times = {name: [] for name in live}
+        calls = {name: (lambda fn=fn: fn(q, k, v)) for name, fn in live.items()}
+        if args.graphs:  # the same calls replayed from a CUDA graph: no host work between the kernels
+            for name in [n for n in live if n in GRAPHED]:
+                graph = captured(calls[name])
+                if graph is not None:
+                    calls[f"{name}_graph"] = graph.replay
+                    errors[f"{name}_graph"] = errors[name]
+        times = {name: [] for name in calls}
         for _ in range(args.repeats):
-            for name, fn in live.items():
-                times[name].append(gpu_time(lambda: fn(q, k, v), warmup_ms=args.warmup_ms, rep_ms=args.rep_ms))
+            for name, call in calls.items():
+                times[name].append(gpu_time(call, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms))
     splits = None
     try:
         dat = impl.decode_attention_triton
@@ -140,16 +174,45 @@ def measure_point(impl, batch, kv_heads, seq_len, dtype, args):
     rows = []
     for name, ts in times.items():
         med = statistics.median(ts)
-        moved = 2 * nbytes if name == "copy" else nbytes
+        moved = 2 * nbytes if name.startswith("copy") else nbytes
         rows.append(dict(batch=batch, heads=HEADS, kv_heads=kv_heads, seq_len=seq_len, head_dim=HEAD_DIM,
                          dtype=str(dtype).replace("torch.", ""), method=name, us=round(med * 1e6, 2),
                          us_min=round(min(ts) * 1e6, 2), us_max=round(max(ts) * 1e6, 2),
                          gbps=round(moved / med / 1e9, 1), cache_bytes=nbytes,
-                         num_splits=splits if name == "ours" else "", max_err=f"{errors[name]:.2e}",
+                         num_splits=splits if name.startswith("ours") else "", max_err=f"{errors[name]:.2e}",
                          device=torch.cuda.get_device_name()))
     del q, k, v, dst
     torch.cuda.empty_cache()
     return rows
+
+
+def host_overhead(impl, calls=200):
+    """Host (CPU) microseconds per call, without waiting for the GPU: what a decode step pays
+    per attention call before any kernel runs, when it is not replayed from a graph."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, HEADS, 1, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 8, 4096, HEAD_DIM, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+
+    def cudnn():
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+
+    fns = {"ours (2 launches)": lambda: impl.decode_attention_triton.triton_decode_attention(q, k, v),
+           "ours, S=1 (1 launch)": lambda: impl.decode_attention_triton.triton_decode_attention(q, k, v, num_splits=1),
+           "sdpa cudnn": cudnn,
+           "l05": lambda: impl.flash_attention_triton.triton_flash_attention_forward(q, k, v),
+           "empty launch of torch (x.add_(1))": lambda: q.add_(0)}
+    for name, fn in fns.items():
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        host = (time.perf_counter() - start) / calls
+        torch.cuda.synchronize()
+        print(f"host time per call, B=1 H=32 Hkv=8 T=4096: {name:34s} {host * 1e6:7.1f} us")
 
 
 def sweep(impl, args):
@@ -158,9 +221,8 @@ def sweep(impl, args):
     from coursekit.bench import gpu_time
 
     dat = impl.decode_attention_triton
-    shapes = [(1, 1, 16384), (1, 1, 131072), (1, 8, 32768), (8, 8, 32768), (8, 1, 65536), (64, 32, 4096),
-              (8, 32, 16384), (64, 8, 16384)]
-    configs = [dict(BLOCK_N=n, num_warps=w, num_stages=s) for n in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4)]
+    shapes = [(1, 1, 16384), (1, 1, 131072), (1, 8, 32768), (8, 8, 32768), (64, 32, 4096), (64, 8, 16384)]
+    configs = [dict(BLOCK_N=n, num_warps=w, num_stages=s) for n in (32, 64, 128) for w, s in ((4, 2), (4, 3), (4, 4), (8, 3))]
     split_counts = [1, 2, 4, 8, 16, 32, 64, 128]
     sms = dat._sm_count(torch.cuda.current_device())
     best_overall = {}
@@ -207,33 +269,39 @@ def sweep(impl, args):
     print("GPU_CONFIG =", dat.GPU_CONFIG)
 
 
-def report(rows):
-    """Print ours vs the best SDPA backend and vs the copy, and the two targets."""
+def report(rows, suffix=""):
+    """Print ours vs the best SDPA backend and vs the copy, and the two targets, for the eager
+    calls (suffix "") or the CUDA-graph replays (suffix "_graph")."""
     table = {}
     for r in rows:
         table.setdefault((int(r["batch"]), int(r["kv_heads"]), int(r["seq_len"])), {})[r["method"]] = r
     misses_sdpa, misses_copy = [], []
-    print(f"\n{'B':>3} {'Hkv':>3} {'T':>7}  {'ours us':>9} {'S':>4} {'best sdpa':>16} {'ours/sdpa':>9} "
+    print(f"\n{'graph replays' if suffix else 'eager calls'}:")
+    print(f"{'B':>3} {'Hkv':>3} {'T':>7}  {'ours us':>9} {'S':>4} {'best sdpa us':>18} {'ours/sdpa':>9} "
           f"{'ours GB/s':>9} {'copy GB/s':>9} {'ours/copy':>9} {'flex us':>8} {'l05 us':>8}")
     for (b, h, t), m in sorted(table.items()):
-        if "ours" not in m:
+        ours_row, copy_row = m.get("ours" + suffix), m.get("copy" + suffix)
+        if ours_row is None:
             continue
-        ours = float(m["ours"]["us"])
-        sdpa = {n: float(m[n]["us"]) for n in SDPA_BACKENDS if n in m}
+        ours = float(ours_row["us"])
+        sdpa = {n: float(m[n + suffix]["us"]) for n in SDPA_BACKENDS if n + suffix in m}
         best = min(sdpa, key=sdpa.get) if sdpa else None
         r_sdpa = sdpa[best] / ours if best else math.nan
-        r_copy = float(m["ours"]["gbps"]) / float(m["copy"]["gbps"]) if "copy" in m else math.nan
+        r_copy = float(ours_row["gbps"]) / float(copy_row["gbps"]) if copy_row else math.nan
         if t >= 4096 and r_sdpa < 1.0:
             misses_sdpa.append(((b, h, t), r_sdpa))
         if t >= 16384 and r_copy < 0.85:
             misses_copy.append(((b, h, t), r_copy))
-        flex = m.get("flex", {}).get("us", "")
-        l05 = m.get("l05", {}).get("us", "")
-        print(f"{b:3d} {h:3d} {t:7d}  {ours:9.1f} {m['ours']['num_splits']!s:>4} "
-              f"{(best or '-') + ' ' + (f'{sdpa[best]:.1f}' if best else ''):>16} {r_sdpa:9.2f} "
-              f"{float(m['ours']['gbps']):9.0f} {float(m['copy']['gbps']) if 'copy' in m else math.nan:9.0f} "
+        flex = m.get("flex" + suffix, {}).get("us", "")
+        l05 = m.get("l05" + suffix, {}).get("us", "")
+        print(f"{b:3d} {h:3d} {t:7d}  {ours:9.1f} {ours_row['num_splits']!s:>4} "
+              f"{(best or '-') + ' ' + (f'{sdpa[best]:.1f}' if best else ''):>18} {r_sdpa:9.2f} "
+              f"{float(ours_row['gbps']):9.0f} {float(copy_row['gbps']) if copy_row else math.nan:9.0f} "
               f"{r_copy:9.2f} {flex!s:>8} {l05!s:>8}")
-    print("\ntargets:")
+    if not any(f"ours{suffix}" in m for m in table.values()):
+        print("  (none measured)")
+        return
+    print("targets:")
     print(f"  ours >= 1.0x best SDPA at T >= 4k: {'met' if not misses_sdpa else 'MISSED at ' + str(len(misses_sdpa))}"
           + "".join(f"\n    B={b} Hkv={h} T={t}: {r:.2f}x" for (b, h, t), r in misses_sdpa))
     print(f"  ours >= 0.85 of the copy at T >= 16k: {'met' if not misses_copy else 'MISSED at ' + str(len(misses_copy))}"
@@ -290,6 +358,8 @@ def main():
     parser.add_argument("--rep-ms", type=float, default=40)
     parser.add_argument("--math-max-gb", type=float, default=16, help="skip SDPA math when its repeated K, V exceed this")
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out (e.g. flex math)")
+    parser.add_argument("--no-graphs", dest="graphs", action="store_false",
+                        help="do not time CUDA-graph replays next to the eager calls")
     parser.add_argument("--sweep", action="store_true", help="tune the split kernel first (prints a table)")
     parser.add_argument("--plot", default=None, metavar="CSV", help="only draw the plot from CSV")
     args = parser.parse_args()
@@ -301,6 +371,7 @@ def main():
     impl = Implementation(args.impl)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"{torch.cuda.get_device_properties(0).multi_processor_count} SMs")
+    host_overhead(impl)
     if args.sweep:
         sweep(impl, args)
     out = Path(args.out) if args.out else None
@@ -331,6 +402,8 @@ def main():
     if f:
         f.close()
     report(rows)
+    if args.graphs:
+        report(rows, "_graph")
     if out:
         try:
             plot(out / "decode_attention_gpu.csv", out / "decode_attention_gpu.png")

@@ -64,15 +64,17 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # ---------------------------------------------------------------------------
 @triton.jit
 def _split_kernel(Q, K, V, KV_LENS, O_PART, LSE_PART,
-                  stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-                  stride_vb, stride_vh, stride_vn,
-                  stride_ob, stride_oh, stride_om, stride_os,
-                  stride_lb, stride_lh, stride_lm, stride_ls,
-                  Hkv, Lq, T, chunk, qk_scale,
+                  stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+                  H, Hkv, Lq, T, S, chunk, qk_scale,
                   GROUP: tl.constexpr, HAS_LENS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Partial attention of query rows [row0, row0 + BLOCK_M) of KV group (b, hkv) over
-    the keys [split * chunk, (split + 1) * chunk) that exist for row b."""
+    the keys [split * chunk, (split + 1) * chunk) that exist for row b.
+
+    q is contiguous (B, H, Lq, D): query row (b, h, i) starts at ((b * H + h) * Lq + i) * D.
+    The partials are contiguous (B, H, Lq, S, D) and (B, H, Lq, S); with S = 1 that is
+    exactly the layout of out (B, H, Lq, D) and lse (B, H, Lq), so stage 1 can write
+    the result directly. k, v may be strided views (a cache buffer sliced to T)."""
     split = tl.program_id(0)
     off_bkv = tl.program_id(1)
     off_b = off_bkv // Hkv
@@ -98,9 +100,8 @@ def _split_kernel(Q, K, V, KV_LENS, O_PART, LSE_PART,
     pos = kv_len - Lq + off_i                                    # (BLOCK_M,) bottom-right: the last Lq positions
 
     # -- q stays in registers for the whole loop: (BLOCK_M, BLOCK_D), read once --
-    q_ptrs = (Q + off_b.to(tl.int64) * stride_qb + off_h[:, None].to(tl.int64) * stride_qh
-              + off_i[:, None] * stride_qm + offs_d[None, :])
-    q = tl.load(q_ptrs, mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+    row = (off_b * H + off_h).to(tl.int64) * Lq + off_i         # (BLOCK_M,) index of (b, h, i) in (B, H, Lq)
+    q = tl.load(Q + row[:, None] * HEAD_DIM + offs_d[None, :], mask=r_ok[:, None] & d_ok[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max (log2 units)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)                 # running sum of exp2(s - m_i)
@@ -136,12 +137,9 @@ def _split_kernel(Q, K, V, KV_LENS, O_PART, LSE_PART,
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)  # ln(2)
-    o_ptrs = (O_PART + off_b.to(tl.int64) * stride_ob + off_h[:, None].to(tl.int64) * stride_oh
-              + off_i[:, None] * stride_om + split * stride_os + offs_d[None, :])
-    tl.store(o_ptrs, out.to(O_PART.dtype.element_ty), mask=r_ok[:, None] & d_ok[None, :])
-    l_ptrs = (LSE_PART + off_b.to(tl.int64) * stride_lb + off_h.to(tl.int64) * stride_lh
-              + off_i * stride_lm + split * stride_ls)
-    tl.store(l_ptrs, lse, mask=r_ok)
+    tl.store(O_PART + (row[:, None] * S + split) * HEAD_DIM + offs_d[None, :], out.to(O_PART.dtype.element_ty),
+             mask=r_ok[:, None] & d_ok[None, :])
+    tl.store(LSE_PART + row * S + split, lse, mask=r_ok)
     ### END SOLUTION
 
 
@@ -149,32 +147,29 @@ def _split_kernel(Q, K, V, KV_LENS, O_PART, LSE_PART,
 # Stage 2: one program = one query row; merge its S partials by their lse.
 # ---------------------------------------------------------------------------
 @triton.jit
-def _merge_kernel(O_PART, LSE_PART, Out, LSE, H, Lq, S,
-                  stride_ob, stride_oh, stride_om,
+def _merge_kernel(O_PART, LSE_PART, Out, LSE, S,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
-    """out = sum_s w_s out_s / sum_s w_s with w_s = exp(lse_s - max lse): exact, float32."""
-    row = tl.program_id(0)              # = (b * H + h) * Lq + i; the partials are (B, H, Lq, S, D) contiguous
-    off_b = row // (H * Lq)
-    off_h = (row // Lq) % H
-    off_i = row % Lq
+    """out = sum_s w_s out_s / sum_s w_s with w_s = exp(lse_s - max lse): exact, float32.
+    One program per query row (b, h, i), row = (b * H + h) * Lq + i; the partials are
+    (B, H, Lq, S, D) and (B, H, Lq, S) contiguous, out (B, H, Lq, D) and lse (B, H, Lq) too."""
+    row = tl.program_id(0).to(tl.int64)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     ### BEGIN SOLUTION
     s_ok = offs_s < S
     # -- read S lse values and S partial outputs: S * (D + 1) float32, tiny next to the cache --
-    lse_s = tl.load(LSE_PART + row.to(tl.int64) * S + offs_s, mask=s_ok, other=float("-inf"))
+    lse_s = tl.load(LSE_PART + row * S + offs_s, mask=s_ok, other=float("-inf"))
     m = tl.max(lse_s, 0)
     m_safe = tl.where(m == float("-inf"), 0.0, m)             # every split empty: weights 0, not NaN
     w = tl.math.exp2((lse_s - m_safe) * 1.4426950408889634)   # log2(e); 0 for an empty split (lse -inf)
     total = tl.sum(w, 0)
-    o = tl.load(O_PART + (row.to(tl.int64) * S + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
+    o = tl.load(O_PART + (row * S + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
                 mask=s_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)   # (BLOCK_S, BLOCK_D)
     o = tl.where(w[:, None] > 0, o, 0.0)                       # an empty split contributes exactly nothing
     total_safe = tl.where(total == 0.0, 1.0, total)
     out = tl.sum(w[:, None] * o, 0) / total_safe              # (BLOCK_D,)
     lse = tl.where(total == 0.0, float("-inf"), m_safe + tl.log(total_safe))
-    tl.store(Out + off_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh + off_i * stride_om + offs_d,
-             out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
+    tl.store(Out + row * HEAD_DIM + offs_d, out.to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
     tl.store(LSE + row, lse)
     ### END SOLUTION
 
@@ -182,20 +177,22 @@ def _merge_kernel(O_PART, LSE_PART, Out, LSE, H, Lq, S,
 # ---------------------------------------------------------------------------
 # Launch configuration.
 #   BLOCK_N  keys per loop step. 64 keys x 128 dims x 2 bytes = 16 KB of K and
-#            16 KB of V per step: big enough for wide, coalesced loads, small
-#            enough that NUM_STAGES of them fit in shared memory so the next
-#            tiles are already in flight while this one is multiplied.
+#            16 KB of V per step: wide, coalesced loads, and NUM_STAGES = 3 of
+#            them in shared memory (96 KB) so two tiles are in flight while the
+#            third is multiplied: that is what keeps HBM busy.
 #   BLOCK_M  query rows: G * Lq rounded up to a power of two, at least 16 (the
 #            smallest tl.dot), at most 64 (more rows would spill the float32
 #            accumulator; a larger group is cut into several row blocks).
-# Measured on an H200 by benchmarks/decode_attention_gpu.py --sweep (the lesson
-# text has the table). The interpreter runs 16-key tiles: every program is
-# executed in Python there, and small tiles keep the CPU tests fast.
+# Picked by `benchmarks/decode_attention_gpu.py --sweep` on an H200 (bf16, D = 128):
+# at the bandwidth-bound shapes every candidate of BLOCK_N 32..128, 4..8 warps,
+# 2..4 stages lands within 1-2 % of the best, and 64 / 4 / 3 is within 1 % at
+# all of them (the lesson text has the table). The interpreter runs 16-key
+# tiles: every program is executed in Python there, small tiles keep CPU tests fast.
 # ---------------------------------------------------------------------------
 GPU_CONFIG = dict(BLOCK_N=64, num_warps=4, num_stages=3)
 INTERPRETER_CONFIG = dict(BLOCK_N=16, num_warps=1, num_stages=1)
 MAX_BLOCK_M = 64
-PROGRAMS_PER_SM = 4     # target: this many stage-1 programs per SM (several in flight hide load latency)
+PROGRAMS_PER_SM = 2     # target when splitting: two stage-1 programs per SM
 MIN_SPLIT_KEYS = 256    # no split shorter than this: its partials (G*Lq*(D+1) floats) would rival its keys
 MAX_SPLITS = 128        # stage 2 merges at most this many partials per row in one tile
 INTERPRETER_SPLITS = 3  # on the CPU there is no SM count: a fixed count, which still exercises the merge
@@ -211,19 +208,22 @@ def _sm_count(device_index):
 def choose_num_splits(batch, kv_heads, seq_len, num_sms):
     """How many splits S of the keys: enough programs to fill the GPU, splits long enough to pay off.
 
-    Stage 1 runs B * Hkv * S programs. A bandwidth-bound kernel needs several
-    programs per SM in flight (PROGRAMS_PER_SM) so that one program's loads
-    are waiting while another's arrive; below that, HBM idles. So
-        S = ceil(PROGRAMS_PER_SM * num_sms / (B * Hkv)),
-    which grows as B * Hkv shrinks (B = 1, MQA: one KV head, so S ~ 4 * SMs).
-    Each split also costs its partials: G * Lq * (D + 1) float32 written and read
-    again by stage 2. Capping S at T / MIN_SPLIT_KEYS keeps that a few percent
-    of the split's own K, V bytes; MAX_SPLITS bounds stage 2's tile. When
-    B * Hkv alone fills the GPU, S = 1 and stage 2 is skipped.
+    Stage 1 runs B * Hkv * S programs, each streaming its share of the cache.
+    Measured on an H200, one program per SM already keeps HBM near its peak
+    (128 programs of a long cache read at 4.1 TB/s), so
+    - B * Hkv >= num_sms: S = 1. No split, no partials, no stage 2 (and one
+      kernel launch instead of two, which matters at short T);
+    - otherwise S = next power of two >= PROGRAMS_PER_SM * num_sms / (B * Hkv):
+      it grows as B * Hkv shrinks (B = 1 with MQA has ONE KV head: S ~ 2 * SMs).
+      Powers of two cut power-of-two caches into equal, tile-aligned splits.
+    Each split costs its partials: G * Lq * (D + 1) float32 written and read
+    back by stage 2, and its programs' start-up. S <= T / MIN_SPLIT_KEYS keeps
+    every split at least 256 keys (its partials a few % of its K, V bytes);
+    S <= MAX_SPLITS bounds stage 2's tile.
     """
-    if batch * kv_heads == 0 or seq_len == 0:
+    if batch * kv_heads == 0 or seq_len == 0 or batch * kv_heads >= num_sms:
         return 1
-    wanted = math.ceil(PROGRAMS_PER_SM * num_sms / (batch * kv_heads))
+    wanted = triton.next_power_of_2(math.ceil(PROGRAMS_PER_SM * num_sms / (batch * kv_heads)))
     longest_useful = max(1, seq_len // MIN_SPLIT_KEYS)
     return max(1, min(wanted, longest_useful, MAX_SPLITS))
 
@@ -286,15 +286,18 @@ def triton_decode_attention(q, k, v, kv_lens=None, scale=None, num_splits=None):
     choose_num_splits (from B, Hkv, T and the GPU's SM count; a fixed
     INTERPRETER_SPLITS on the CPU); an int forces it. Returns out (B, H, Lq, D)
     in q's dtype and lse (B, H, Lq) float32 (natural log; -inf and out 0 for a
-    row that sees no key).
+    row that sees no key). A decode step calls this once per layer, so the
+    launcher does little on the host: a few checks, two allocations, one or two
+    launches (with kv_lens it also checks their range, one host sync).
     """
     _check_inputs(q, k, v, kv_lens, scale, num_splits)
-    q, k, v = _contiguous_last(q), _contiguous_last(k), _contiguous_last(v)
+    q = q.contiguous()                                   # (B, H, Lq, D): tiny, usually contiguous already
+    k, v = _contiguous_last(k), _contiguous_last(v)      # the cache may be a strided view; D must be unit-stride
     B, H, Lq, D = q.shape
     Hkv, T = k.shape[1], k.shape[2]
     G = H // Hkv
-    out = torch.zeros_like(q)
-    lse = torch.full((B, H, Lq), float("-inf"), device=q.device, dtype=torch.float32)
+    out = torch.empty_like(q)                            # every element is written by the kernels
+    lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
 
@@ -309,27 +312,20 @@ def triton_decode_attention(q, k, v, kv_lens=None, scale=None, num_splits=None):
     block_m = max(16, min(MAX_BLOCK_M, triton.next_power_of_2(G * Lq)))
     block_d = max(16, triton.next_power_of_2(D))
 
-    if num_splits == 1:  # nothing to merge: stage 1 writes the result itself
+    if num_splits == 1:  # nothing to merge: stage 1 writes out and lse itself (same layout, S = 1)
         o_part, lse_part = out, lse
-        o_strides = (*out.stride()[:3], 0)
-        l_strides = (*lse.stride(), 0)
-    else:                # partials (B, H, Lq, S, D) and (B, H, Lq, S), float32, contiguous for stage 2
-        o_part = torch.empty((B, H, Lq, num_splits, D), device=q.device, dtype=torch.float32)
-        lse_part = torch.empty((B, H, Lq, num_splits), device=q.device, dtype=torch.float32)
-        o_strides = (*o_part.stride()[:3], o_part.stride(3))
-        l_strides = lse_part.stride()
-    lens = kv_lens if kv_lens is not None else lse  # a dummy pointer when HAS_LENS is False
+    else:                # partials (B, H, Lq, S, D) and (B, H, Lq, S), float32, in one allocation
+        part = torch.empty(B * H * Lq * num_splits * (D + 1), device=q.device, dtype=torch.float32)
+        o_part, lse_part = part[:B * H * Lq * num_splits * D], part[B * H * Lq * num_splits * D:]
 
     grid = (num_splits, B * Hkv, triton.cdiv(G * Lq, block_m))
     _split_kernel[grid](
-        q, k, v, lens, o_part, lse_part,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o_strides, *l_strides,
-        Hkv, Lq, T, chunk, (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E,
+        q, k, v, kv_lens if kv_lens is not None else lse, o_part, lse_part,  # lse: a dummy pointer without kv_lens
+        *k.stride()[:3], *v.stride()[:3], H, Hkv, Lq, T, num_splits, chunk,
+        (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E,
         GROUP=G, HAS_LENS=kv_lens is not None, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **config)
     if num_splits > 1:
-        _merge_kernel[(B * H * Lq,)](
-            o_part, lse_part, out, lse, H, Lq, num_splits, *out.stride()[:3],
-            HEAD_DIM=D, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(num_splits),
-            num_warps=1 if INTERPRETED else 4)
+        _merge_kernel[(B * H * Lq,)](o_part, lse_part, out, lse, num_splits, HEAD_DIM=D, BLOCK_D=block_d,
+                                     BLOCK_S=triton.next_power_of_2(num_splits), num_warps=1 if INTERPRETED else 4)
     return out, lse
