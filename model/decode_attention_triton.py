@@ -106,11 +106,13 @@ def _merge_kernel(O_PART, LSE_PART, Out, LSE, S,
 #   BLOCK_M  query rows: G * Lq rounded up to a power of two, at least 16 (the
 #            smallest tl.dot), at most 64 (more rows would spill the float32
 #            accumulator; a larger group is cut into several row blocks).
-# Picked by `benchmarks/decode_attention_gpu.py --sweep` on an H200 (bf16, D = 128):
-# at the bandwidth-bound shapes every candidate of BLOCK_N 32..128, 4..8 warps,
-# 2..4 stages lands within 1-2 % of the best, and 64 / 4 / 3 is within 1 % at
-# all of them (the lesson text has the table). The interpreter runs 16-key
-# tiles: every program is executed in Python there, small tiles keep CPU tests fast.
+# Measured by `benchmarks/decode_attention_gpu.py --sweep` on an H200 (bf16, D = 128;
+# benchmarks/results/decode_attention_gpu.txt): on bandwidth-bound MHA shapes every
+# candidate of BLOCK_N 32..128, 4..8 warps, 2..4 stages lands within 1-2 % of the
+# best, 64 / 4 / 3 included; on GQA shapes (G = 4) 128-key tiles were ~13 % faster
+# (B = 64, Hkv = 8, T = 16k: 958 us against 1107 us). The committed benchmark ran
+# with 64 / 4 / 3; BLOCK_N = 128 is the next thing to measure. The interpreter runs
+# 16-key tiles: every program is executed in Python there, small tiles keep CPU tests fast.
 # ---------------------------------------------------------------------------
 GPU_CONFIG = dict(BLOCK_N=64, num_warps=4, num_stages=3)
 INTERPRETER_CONFIG = dict(BLOCK_N=16, num_warps=1, num_stages=1)
@@ -216,6 +218,7 @@ def triton_decode_attention(q, k, v, kv_lens=None, scale=None, num_splits=None):
     _check_inputs(q, k, v, kv_lens, scale, num_splits)
     q = q.contiguous()                                   # (B, H, Lq, D): tiny, usually contiguous already
     k, v = _contiguous_last(k), _contiguous_last(v)      # the cache may be a strided view; D must be unit-stride
+    kv_lens = kv_lens.contiguous() if kv_lens is not None else None  # the kernel reads KV_LENS[b] at offset b
     B, H, Lq, D = q.shape
     Hkv, T = k.shape[1], k.shape[2]
     G = H // Hkv
