@@ -79,6 +79,11 @@ def _split_kernel(Q, K, V, KV_LENS, O_PART, LSE_PART,
     off_bkv = tl.program_id(1)
     off_b = off_bkv // Hkv
     off_hkv = off_bkv % Hkv
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM                                     # padding columns when D is not a power of 2
+    # this (batch, KV head)'s keys and values: key n at k_base + n * stride_kn (+ d)
+    k_base = K + off_b.to(tl.int64) * stride_kb + off_hkv.to(tl.int64) * stride_kh
+    v_base = V + off_b.to(tl.int64) * stride_vb + off_hkv.to(tl.int64) * stride_vh
     raise NotImplementedError("L10: implement _split_kernel in model/decode_attention_triton.py (see tutorial/L10_decode_attention/README.md)")
 
 

@@ -19,6 +19,11 @@ def _split_kernel(Q, K, V, KV_LENS, O_PART, LSE_PART,
     off_bkv = tl.program_id(1)
     off_b = off_bkv // Hkv
     off_hkv = off_bkv % Hkv
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM                                     # padding columns when D is not a power of 2
+    # this (batch, KV head)'s keys and values: key n at k_base + n * stride_kn (+ d)
+    k_base = K + off_b.to(tl.int64) * stride_kb + off_hkv.to(tl.int64) * stride_kh
+    v_base = V + off_b.to(tl.int64) * stride_vb + off_hkv.to(tl.int64) * stride_vh
     # -- which query rows this tile holds: row r = g * Lq + i is query i of head hkv * G + g --
     # (the interleaved GQA map: heads hkv*G .. hkv*G + G - 1 share KV head hkv, as repeat_interleave)
     offs_r = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
@@ -26,8 +31,6 @@ def _split_kernel(Q, K, V, KV_LENS, O_PART, LSE_PART,
     off_g = offs_r // Lq
     off_i = offs_r % Lq
     off_h = off_hkv * GROUP + off_g                              # (BLOCK_M,) query head of each row
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM                                     # padding columns when D is not a power of 2
 
     # -- this row's cache length and the key range of this split --
     if HAS_LENS:
@@ -46,8 +49,6 @@ def _split_kernel(Q, K, V, KV_LENS, O_PART, LSE_PART,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)                 # running sum of exp2(s - m_i)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)        # running sum of exp2(s - m_i) v
 
-    k_base = K + off_b.to(tl.int64) * stride_kb + off_hkv.to(tl.int64) * stride_kh
-    v_base = V + off_b.to(tl.int64) * stride_vb + off_hkv.to(tl.int64) * stride_vh
     offs_n0 = tl.arange(0, BLOCK_N)
     for start_n in tl.range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
