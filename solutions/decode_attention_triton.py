@@ -53,7 +53,6 @@ import triton.language as tl
 from ._checks import check_scale, check_tensor
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one hardware instruction
-LN2 = 0.6931471805599453    # ln(2): turns a log2-domain lse back into a natural log
 
 # Triton reads TRITON_INTERPRET when it decorates a kernel (at import): read it once here too.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
