@@ -257,3 +257,38 @@ def module_chain_ref(modules, x, grad_out=None):
     out.backward(torch.ones_like(out) if grad_out is None else grad_out.detach().to(torch.float64))
     grads = [(p, c.grad) for m, mc in zip(modules, copies) for p, c in zip(m.parameters(), mc.parameters())]
     return out.detach(), x.grad, grads
+
+
+# --- L10 decode attention ---
+def decode_visible_ref(kv_lens, q_len, seq_len, device="cpu"):
+    """(B, Lq, T) bool: key j is visible from query i of row b iff j < kv_lens[b] and
+    j <= kv_lens[b] - Lq + i (the Lq queries are the row's LAST positions, bottom-right)."""
+    lens = torch.as_tensor(kv_lens, device=device).to(torch.int64)
+    j = torch.arange(seq_len, device=device)
+    position = lens[:, None] - q_len + torch.arange(q_len, device=device)  # (B, Lq)
+    return (j[None, None, :] < lens[:, None, None]) & (j[None, None, :] <= position[:, :, None])
+
+
+def decode_attention_ref(q, k, v, kv_lens=None, scale=None):
+    """(out, lse) of q (B, H, Lq, D) over a cache k (B, Hkv, T, D), v (B, Hkv, T, Dv), float64.
+
+    out from F.scaled_dot_product_attention (enable_gqa: query head h reads KV head
+    h // (H // Hkv)) with the decode_visible_ref mask; lse = torch.logsumexp of the
+    visible scores, from einsum over repeat_interleave'd keys. A row that sees no
+    key gives out 0 and lse -inf. kv_lens None means every row holds T keys."""
+    import torch.nn.functional as F
+
+    q, k, v = (t.detach().to(torch.float64) for t in (q, k, v))
+    B, H, Lq, D = q.shape
+    Hkv, T = k.shape[1], k.shape[2]
+    lens = torch.full((B,), T) if kv_lens is None else torch.as_tensor(kv_lens).cpu()
+    visible = decode_visible_ref(lens, Lq, T, device=q.device)[:, None]  # (B, 1, Lq, T)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    if q.numel() == 0 or T == 0:
+        return q.new_zeros(B, H, Lq, v.shape[-1]), q.new_full((B, H, Lq), -math.inf)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale, enable_gqa=H != Hkv)
+    k_rep = k.repeat_interleave(H // Hkv, dim=1)  # (B, H, T, D)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k_rep) * scale
+    lse = torch.logsumexp(scores.masked_fill(~visible, -math.inf), dim=-1)  # (B, H, Lq); -inf for an empty row
+    out = out.masked_fill(torch.isneginf(lse)[..., None], 0.0)  # an empty row: 0, whatever SDPA gives there
+    return out, lse
