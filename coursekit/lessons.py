@@ -48,6 +48,7 @@ LESSONS = (
     Lesson("L08_fused_ops", "Fused ops with recomputation", ("fused_ops", "fused_ops_triton")),
     Lesson("L10_decode_attention", "Decode attention: split-KV and GQA packing",
            ("decode_attention", "decode_attention_triton")),
+    Lesson("L13_linear_attention", "Linear attention: parallel, recurrent and chunked", ("linear_attention",)),
 )
 
 

@@ -292,3 +292,23 @@ def decode_attention_ref(q, k, v, kv_lens=None, scale=None):
     lse = torch.logsumexp(scores.masked_fill(~visible, -math.inf), dim=-1)  # (B, H, Lq); -inf for an empty row
     out = out.masked_fill(torch.isneginf(lse)[..., None], 0.0)  # an empty row: 0, whatever SDPA gives there
     return out, lse
+def linear_attention_ref(q, k, v, causal=True, feature_map=None, eps=1e-6, decay=None):
+    """Linear attention by its definition, in float64: the (Lq, Lk) matrix of
+    phi(q_i)·phi(k_j), zeroed where key j is hidden (bottom-right causal), times
+    decay^(p_i - j) when a decay is given (a float or a (H,) tensor), then
+    out = W v / (W 1 + eps). phi defaults to elu(x) + 1, written piecewise."""
+    q, k, v = (t.detach().to(torch.float64) for t in (q, k, v))
+    if feature_map is None:
+        def feature_map(x):
+            return torch.where(x > 0, x + 1.0, torch.exp(x))
+    fq, fk = feature_map(q), feature_map(k)
+    weights = torch.einsum("bhqd,bhkd->bhqk", fq, fk)
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    if causal:
+        weights = weights * causal_mask_ref(Lq, Lk, device=q.device).to(torch.float64)
+    if decay is not None:
+        position = torch.arange(Lq, device=q.device)[:, None] + (Lk - Lq)   # (Lq, 1) absolute positions
+        distance = (position - torch.arange(Lk, device=q.device)[None, :]).clamp(min=0).to(torch.float64)
+        gamma = torch.as_tensor(decay, dtype=torch.float64, device=q.device).reshape(1, -1, 1, 1)
+        weights = weights * gamma ** distance
+    return torch.einsum("bhqk,bhkd->bhqd", weights, v) / (weights.sum(-1, keepdim=True) + eps)

@@ -1,0 +1,23 @@
+"""The state absorbs the chunk before the chunk's output is computed: every key of the chunk is counted twice (once in the state, once in the local part), and future keys leak in."""
+MODULE = "linear_attention"
+
+
+def linear_attention_chunked(q, k, v, chunk_size=64, feature_map=None, eps=1e-6):
+    _check_common(q, k, v, feature_map, eps)
+    check_positive_int("chunk_size", chunk_size)
+    _check_self_attention(q, k)
+    phi_q, phi_k = _features(q, k, feature_map)
+    B, H, L, Df = phi_k.shape
+    Dv, work = v.shape[-1], phi_k.dtype
+    v = v.to(work)
+    S = torch.zeros(B, H, Df, Dv, dtype=work, device=q.device)
+    z = torch.zeros(B, H, Df, dtype=work, device=q.device)
+    outs = []
+    for start in range(0, L, chunk_size):
+        end = min(start + chunk_size, L)
+        fq, fk, vc = phi_q[:, :, start:end], phi_k[:, :, start:end], v[:, :, start:end]
+        S = S + fk.transpose(-2, -1) @ vc
+        z = z + fk.sum(dim=2)
+        local = (fq @ fk.transpose(-2, -1)).tril()
+        outs.append((local @ vc + fq @ S) / (local.sum(-1, keepdim=True) + fq @ z[..., None] + eps))
+    return torch.cat(outs, dim=2).to(q.dtype)
