@@ -57,7 +57,7 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 @triton.jit
 def _visible(pos_m, offs_n, Lk, window, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr):
     """(BLOCK_M, BLOCK_N) bool: may the query at absolute position pos_m see key offs_n?"""
-    raise NotImplementedError("L05: implement _visible in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.2: implement _visible in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
 
 
 @triton.jit
@@ -66,7 +66,7 @@ def _key_tiles(start_m, offset, Lk, window,
     """Key range of the query tile [start_m, start_m + BLOCK_M), in three parts:
     [lo, mid_lo) masked, [mid_lo, mid_hi) whole tiles every row sees, [mid_hi, hi) masked.
     `offset` = Lk - Lq turns a query index into its absolute position."""
-    raise NotImplementedError("L05: implement _key_tiles in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.2: implement _key_tiles in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
 
 
 # ---------------------------------------------------------------------------
@@ -80,7 +80,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
                DOT_PRECISION: tl.constexpr):
     """Fold key tiles [lo, hi) into (acc, l_i, m_i). MASKED tiles apply the
     causal/window/tail mask; the others are known to be fully visible."""
-    raise NotImplementedError("L05: implement _fwd_tiles in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.2: implement _fwd_tiles in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
 
 
 @triton.jit
@@ -91,7 +91,7 @@ def _fwd_kernel(Q, K, V, Out, LSE,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One program: query rows [start_m, start_m + BLOCK_M) of one (batch, head)."""
-    raise NotImplementedError("L05: implement _fwd_kernel in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.2: implement _fwd_kernel in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
 
 
 # ---------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def _fwd_kernel(Q, K, V, Out, LSE,
 def _bwd_preprocess(Out, dOut, Delta, stride_ob, stride_oh, stride_om, stride_dob, stride_doh, stride_dom,
                     H, Lq, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
     """D_i = sum_d dO[i, d] * O[i, d] in float32: equals rowsum(P * dP), without P."""
-    raise NotImplementedError("L05: implement _bwd_preprocess in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.2: implement _bwd_preprocess in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
 
 
 @triton.jit
@@ -113,7 +113,7 @@ def _query_tiles(start_n, offset, Lq, Lk, window,
     """Query range that sees the key tile [start_n, start_n + BLOCK_N), in three parts:
     [lo, mid_lo) masked, [mid_lo, mid_hi) whole tiles that see every key of it, [mid_hi, hi) masked.
     The last key tile may run past Lk: then every query tile needs the mask."""
-    raise NotImplementedError("L05: implement _query_tiles in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.2: implement _query_tiles in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
 
 
 @triton.jit
@@ -124,7 +124,7 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, 
                 DOT_PRECISION: tl.constexpr):
     """Add the query tiles [lo, hi) of one query head to this key tile's dK, dV.
     Works with transposed tiles (keys along rows) so dk, dv stay (BLOCK_N, D)."""
-    raise NotImplementedError("L05: implement _dkdv_tiles in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.2: implement _dkdv_tiles in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
 
 
 @triton.jit
@@ -137,7 +137,7 @@ def _bwd_dkdv_kernel(Q, K, V, dOut, LSE, Delta, dK, dV,
                      CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One program: keys [start_n, start_n + BLOCK_N) of one (batch, key/value head).
     Sums over the GROUP query heads that share the head, so no atomics are needed."""
-    raise NotImplementedError("L05: implement _bwd_dkdv_kernel in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.2: implement _bwd_dkdv_kernel in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
 
 
 @triton.jit
@@ -147,7 +147,7 @@ def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
               DOT_PRECISION: tl.constexpr):
     """Add key tiles [lo, hi) to this query tile's dQ."""
-    raise NotImplementedError("L05: implement _dq_tiles in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.2: implement _dq_tiles in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
 
 
 @triton.jit
@@ -159,7 +159,7 @@ def _bwd_dq_kernel(Q, K, V, dOut, LSE, Delta, dQ,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One program: dQ for query rows [start_m, start_m + BLOCK_M) of one (batch, head)."""
-    raise NotImplementedError("L05: implement _bwd_dq_kernel in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.2: implement _bwd_dq_kernel in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
 
 
 # ---------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def triton_flash_attention_forward(q, k, v, causal=False, scale=None, window=Non
     (with causal=True) keeps keys 0 <= p - j < W. lse is natural-log, float32,
     (B, H, Lq); -inf (and out 0) for a row that sees no key.
     """
-    raise NotImplementedError("L05: implement triton_flash_attention_forward in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.2: implement triton_flash_attention_forward in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
 
 
 class TritonFlashAttentionFunction(torch.autograd.Function):
@@ -299,14 +299,14 @@ class TritonFlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale, window):
-        raise NotImplementedError("L05: implement TritonFlashAttentionFunction.forward in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
+        raise NotImplementedError("L05.2: implement TritonFlashAttentionFunction.forward in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
 
     @staticmethod
     def backward(ctx, grad_out):
-        raise NotImplementedError("L05: implement TritonFlashAttentionFunction.backward in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
+        raise NotImplementedError("L05.2: implement TritonFlashAttentionFunction.backward in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
 
 
 def triton_flash_attention(q, k, v, causal=False, scale=None, window=None):
     """Differentiable attention through the Triton kernels (same arguments as
     triton_flash_attention_forward; returns out only)."""
-    raise NotImplementedError("L05: implement triton_flash_attention in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.2: implement triton_flash_attention in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
