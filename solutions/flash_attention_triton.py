@@ -531,7 +531,8 @@ def _bwd_dq_kernel(Q, K, V, dOut, LSE, Delta, dQ,
 
     ### BEGIN SOLUTION
     # a row that sees no key has lse = -inf: +inf makes exp2(qk - lse2) = 0 (FlashAttention-2's kernel
-    # stores +inf for such rows for the same reason), where -inf would give exp2(+inf) = inf
+    # stores +inf for such rows for the same reason), where -inf would give exp2(+inf) = inf. Such rows
+    # only ever meet masked tiles, whose tl.where zeroes P anyway: this keeps P finite before the mask.
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # log2(e)
 
     lo, mid_lo, mid_hi, hi = _key_tiles(start_m, offset, Lk, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOWED)

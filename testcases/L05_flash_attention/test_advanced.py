@@ -376,8 +376,8 @@ def test_triton_fully_masked_rows_backward(impl, triton_device):
     out = impl.flash_attention_triton.triton_flash_attention(q, k, v, causal=True)
     empty = slice(0, 30 - 12)  # rows at negative positions see no key
     grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
-    hint = ("a row that sees no key has lse = -inf: replace it by +inf before P = exp2(qk - lse2), so P = 0 "
-            "(with -inf, exp2(qk + inf) = inf and the gradients become NaN)")
+    hint = ("a row that sees no key has lse = -inf, and P = exp2(qk - lse2) must be exactly 0 there: mask P with "
+            "tl.where after the exp2 (a product with the mask gives inf * 0 = NaN), or replace lse = -inf by +inf")
     for name, g in zip("qkv", grads):
         assert_no_nan(g, what=f"d{name} with fully masked rows", hint=hint)
     assert torch.all(grads[0][:, :, empty] == 0), f"dq of a row that sees no key must be 0. hint: {hint}"
