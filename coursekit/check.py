@@ -138,7 +138,7 @@ def check_known_wrong(ctx):
     verdicts = known_wrong.check_lessons([lesson for lesson in LESSONS if lesson.available])
     for v in verdicts:
         status = f"caught by {len(v.caught_by)} {v.suite} test(s)" if v.caught else "NOT CAUGHT"
-        print(f"  {v.lesson[:3]} {v.name:32s} {status:28s} {v.summary}")
+        print(f"  {v.lesson.split('_')[0]:5s} {v.name:38s} {status:28s} {v.summary}")
         if v.error:
             print(f"      the run broke: {v.error.strip()[-500:]}")
     return bool(verdicts) and all(v.caught for v in verdicts)

@@ -52,10 +52,28 @@ def cmd_test(args):
     if not lesson.available:
         print(f"{lesson.id} has no tests yet.")
         return 1
-    suites = "basic or advanced" if args.advanced else "basic"
-    command = pytest_command(str(lesson.tests), "-m", suites, "--impl", impl_name(args.impl),
-                             *args.passthrough)
+    own, passthrough = split_marker_options(args.passthrough)
+    suites = lesson.marker_expression("basic or advanced" if args.advanced else "basic")
+    for expression in own:  # a student's -m narrows the suite further; it never replaces it
+        suites = f"({suites}) and ({expression})"
+    command = pytest_command(str(lesson.tests), "-m", suites, "--impl", impl_name(args.impl), *passthrough)
     return subprocess.run(command, cwd=COURSE_ROOT).returncode
+
+
+def split_marker_options(options):
+    """([-m expressions], the other options) from pytest options: -m EXPR, -mEXPR, --markexpr[=]EXPR."""
+    expressions, rest, options = [], [], list(options)
+    while options:
+        option = options.pop(0)
+        if option in ("-m", "--markexpr") and options:
+            expressions.append(options.pop(0))
+        elif option.startswith("--markexpr="):
+            expressions.append(option.split("=", 1)[1])
+        elif option.startswith("-m") and len(option) > 2 and not option.startswith("--"):
+            expressions.append(option[2:])
+        else:
+            rest.append(option)
+    return expressions, rest
 
 
 def cmd_progress(args):
@@ -124,8 +142,10 @@ def build_parser():
     sub.add_parser("doctor", help="check this machine").set_defaults(func=cmd_doctor)
 
     lesson_ids = ", ".join(lesson.id for lesson in LESSONS)
-    p = sub.add_parser("test", help="run one lesson's tests (other options go to pytest, e.g. -x -k scale)",
-                       epilog=f"LESSON: L01..L08, a number, or a full id ({lesson_ids})")
+    p = sub.add_parser("test", help="run one lesson's tests (other options go to pytest, e.g. -x -k scale; "
+                       "-m EXPR narrows the suite)",
+                       epilog=f"LESSON: L01..L08, a number, or a full id ({lesson_ids}); a lesson in parts "
+                              "runs one part (L05.1, L05.2) or all of them (L05)")
     p.add_argument("lesson")
     p.add_argument("--impl", help="implementation package (default: $COURSE_IMPL or model)")
     p.add_argument("--advanced", action="store_true", help="run the advanced suite too")

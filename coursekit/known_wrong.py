@@ -41,8 +41,10 @@ class Verdict:
 
 
 def known_wrong_files(lesson):
+    """The lesson's known-wrong files; for a part of a lesson, those that break its modules."""
     folder = lesson.known_wrong
-    return sorted(folder.glob("*.py")) if folder.is_dir() else []
+    paths = sorted(folder.glob("*.py")) if folder.is_dir() else []
+    return [path for path in paths if not lesson.is_part or describe(path)[0] in lesson.modules]
 
 
 def describe(path: Path):
@@ -99,5 +101,6 @@ def check_lessons(lessons):
                 module, suite, _ = describe(path)
                 groups.setdefault((suite, module.endswith("_triton")), []).append(path)
             for (suite, triton), paths in sorted(groups.items()):
-                verdicts += check_suite(lesson, suite, paths, Path(tmp), "triton" if triton else "not triton")
+                verdicts += check_suite(lesson, suite, paths, Path(tmp),
+                                        lesson.marker_expression("triton" if triton else "not triton"))
     return verdicts

@@ -6,9 +6,11 @@ from coursekit.pytest_plugin import run_with_report
 
 
 def _tally(results, lesson, suite):
-    """(passed, total) over the tests of one suite that ran (skips excluded)."""
-    prefix = f"testcases/{lesson.id}/test_{suite}.py::"
-    ran = [r for node, r in results.items() if node.startswith(prefix) and r["outcome"] != "skipped"]
+    """(passed, total) over the tests of one suite that ran (skips excluded);
+    for a part of a lesson, only the tests its `select` keeps."""
+    prefix = f"testcases/{lesson.folder}/test_{suite}.py::"
+    ran = [r for node, r in results.items() if node.startswith(prefix) and r["outcome"] != "skipped"
+           and lesson.selects(r.get("markers", ()))]
     return sum(r["outcome"] == "passed" for r in ran), len(ran)
 
 
@@ -21,17 +23,18 @@ def _cell(passed, total):
 
 def show_progress(impl) -> int:
     landed = [lesson for lesson in LESSONS if lesson.available]
-    _, results = run_with_report([lesson.tests for lesson in landed], impl, "-q", "--tb=no")
+    folders = list(dict.fromkeys(lesson.tests for lesson in landed))  # the parts of a lesson share one folder
+    _, results = run_with_report(folders, impl, "-q", "--tb=no")
     if not results:
         print(f"could not run the tests for {impl!r}: try ./course test L01 to see why")
         return 1
     print(f"progress of {impl!r}\n")
-    print(f"{'lesson':28s} {'basic':12s} {'advanced':12s}")
+    print(f"{'lesson':32s} {'basic':12s} {'advanced':12s}")
     for lesson in LESSONS:
         if not lesson.available:
-            print(f"{lesson.id:28s} {'(not yet released)':25s}")
+            print(f"{lesson.id:32s} {'(not yet released)':25s}")
             continue
-        print(f"{lesson.id:28s} {_cell(*_tally(results, lesson, 'basic')):12s} "
+        print(f"{lesson.id:32s} {_cell(*_tally(results, lesson, 'basic')):12s} "
               f"{_cell(*_tally(results, lesson, 'advanced')):12s}")
     print("\nnext: ./course test LESSON (basic first), then ./course test LESSON --advanced")
     return 0

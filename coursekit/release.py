@@ -23,7 +23,7 @@ from pathlib import Path
 import nbformat
 
 from coursekit import COURSE_ROOT, copy_coursekit, stubs
-from coursekit.lessons import LESSONS
+from coursekit.lessons import lesson_folders
 
 NBGRADER_DIR = COURSE_ROOT / "instructor" / "nbgrader"
 COPIED = ("README.md", "course", "pyproject.toml", "constraints.txt", "environment.yml", "conftest.py",
@@ -78,7 +78,7 @@ def build_release(out: Path):
         (out / "model" / name).write_text(text)
     (out / "notebooks").mkdir()
     shutil.copyfile(COURSE_ROOT / "notebooks" / "00_start.ipynb", out / "notebooks" / "00_start.ipynb")
-    for lesson in LESSONS:
+    for lesson in lesson_folders():  # a lesson in parts: one folder, one notebook
         if not lesson.available:
             continue
         (out / "testcases" / lesson.id).mkdir(parents=True)

@@ -65,8 +65,8 @@ def _enclosing_function(emitted, indent):
 
 def _not_implemented(function, module):
     lesson = lesson_of_module(module)
-    return (f'raise NotImplementedError("{lesson.number}: implement {function} in model/{module}.py '
-            f'(see tutorial/{lesson.id}/README.md)")')
+    return (f'raise NotImplementedError("{lesson.code}: implement {function} in model/{module}.py '
+            f'(see tutorial/{lesson.folder}/README.md)")')
 
 
 def expected_stubs(solutions: Path) -> dict:

@@ -25,10 +25,11 @@ is all the backward pass needs to rebuild any block of P exactly:
 
     P_ij = exp(S_ij - lse_i)
 
-The backward (FlashAttention-2, Dao 2023) recomputes S and P block by block
-from Q, K and lse instead of storing P, and uses D_i = rowsum(dO_i * O_i), one
-number per query row, in place of rowsum(P * dP) (the softmax Jacobian of L02's
-softmax_backward):
+The backward (FlashAttention, Dao et al. 2022, Algorithm 4; FlashAttention-2
+keeps the one number lse per row where the first paper kept m and l)
+recomputes S and P block by block from Q, K and lse instead of storing P, and
+uses D_i = rowsum(dO_i * O_i), one number per query row, in place of
+rowsum(P * dP) (the softmax Jacobian of L02's softmax_backward):
 
     dV_j += P_ij^T dO_i
     dP_ij = dO_i V_j^T
@@ -78,7 +79,7 @@ def visible_key_end(q_end, q_len, k_len, causal):
     the diagonal. The forward and the backward both loop over
     range(0, visible_key_end(...), block_k).
     """
-    raise NotImplementedError("L05: implement visible_key_end in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.1: implement visible_key_end in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
 
 
 def flash_attention_forward(q, k, v, causal=False, scale=None, block_q=64, block_k=64):
@@ -107,7 +108,7 @@ def flash_attention_forward(q, k, v, causal=False, scale=None, block_q=64, block
     of one dtype and device with matching (B, H), D and Lk; causal a bool;
     scale None or a finite number; block_q, block_k ints >= 1.
     """
-    raise NotImplementedError("L05: implement flash_attention_forward in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.1: implement flash_attention_forward in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
 
 
 def flash_attention_backward(q, k, v, out, lse, grad_out, causal=False, scale=None, block_q=64, block_k=64):
@@ -132,7 +133,7 @@ def flash_attention_backward(q, k, v, out, lse, grad_out, causal=False, scale=No
     Checks as in flash_attention_forward, plus: out and grad_out (B, H, Lq, Dv)
     and lse (B, H, Lq) tensors (ValueError/TypeError naming them).
     """
-    raise NotImplementedError("L05: implement flash_attention_backward in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.1: implement flash_attention_backward in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
 
 
 class FlashAttentionFunction(torch.autograd.Function):
@@ -143,11 +144,11 @@ class FlashAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale, block_q, block_k):
-        raise NotImplementedError("L05: implement FlashAttentionFunction.forward in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
+        raise NotImplementedError("L05.1: implement FlashAttentionFunction.forward in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
 
     @staticmethod
     def backward(ctx, grad_out):
-        raise NotImplementedError("L05: implement FlashAttentionFunction.backward in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
+        raise NotImplementedError("L05.1: implement FlashAttentionFunction.backward in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
 
 
 def flash_attention(q, k, v, causal=False, scale=None, block_q=64, block_k=64):
@@ -155,6 +156,6 @@ def flash_attention(q, k, v, causal=False, scale=None, block_q=64, block_k=64):
     out (B, H, Lq, Dv) in q's dtype. Forward and backward both work block by
     block (FlashAttentionFunction). Same arguments and checks as
     flash_attention_forward."""
-    raise NotImplementedError("L05: implement flash_attention in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
+    raise NotImplementedError("L05.1: implement flash_attention in model/flash_attention.py (see tutorial/L05_flash_attention/README.md)")
 
 

@@ -25,10 +25,11 @@ is all the backward pass needs to rebuild any block of P exactly:
 
     P_ij = exp(S_ij - lse_i)
 
-The backward (FlashAttention-2, Dao 2023) recomputes S and P block by block
-from Q, K and lse instead of storing P, and uses D_i = rowsum(dO_i * O_i), one
-number per query row, in place of rowsum(P * dP) (the softmax Jacobian of L02's
-softmax_backward):
+The backward (FlashAttention, Dao et al. 2022, Algorithm 4; FlashAttention-2
+keeps the one number lse per row where the first paper kept m and l)
+recomputes S and P block by block from Q, K and lse instead of storing P, and
+uses D_i = rowsum(dO_i * O_i), one number per query row, in place of
+rowsum(P * dP) (the softmax Jacobian of L02's softmax_backward):
 
     dV_j += P_ij^T dO_i
     dP_ij = dO_i V_j^T

@@ -32,6 +32,29 @@ papers matter most: key tiles that need no mask (wholly below the diagonal,
 wholly inside the window, wholly inside Lk) run a loop without any masking
 code, and exponentials are exp2 with log2(e) folded into the scale.
 Nothing here touches the CUDA driver at import time.
+
+The exercise. The Python side (input checks, strides, the launch grid, the
+tile table: `_forward`, `_backward`, `_launch`) and each kernel's setup
+(program ids, pointers, loading the tile it owns) are given. The core exercise
+is the forward: `_visible`, `_key_tiles`, `_fwd_tiles`, the epilogue of
+`_fwd_kernel` and `triton_flash_attention_forward` (graded in the basic
+suite). The backward is a stretch exercise, graded in the advanced suite only:
+`_bwd_preprocess`, `_query_tiles`, `_dkdv_tiles`, `_dq_tiles`, the epilogues of
+the two backward kernels, `TritonFlashAttentionFunction` and
+`triton_flash_attention`. Do the primer of the lesson text (a vector add and a
+row softmax) first.
+
+Units, the same in every kernel:
+    sm_scale   the softmax scale of the API (1/sqrt(D) by default): S = sm_scale * q.k
+    qk_scale   sm_scale * log2(e): the kernels work in base 2, qk = qk_scale * q.k = S * log2(e),
+               so exp2(qk - m) = exp(S - m * ln 2); m_i (running max) is in these base-2 units
+    LSE        stored in natural log, as Part 1 and torch.logsumexp: lse = ln sum_j exp(S_ij);
+               the backward turns it into base 2 once, lse2 = lse * log2(e)
+    window     an int: the number of keys visible including the query's own position (W);
+               the launcher passes window = 0 when there is none, and then WINDOWED is False
+               and `window` is never read
+    positions  absolute: query index i sits at position i + offset, offset = Lk - Lq
+               (bottom-right causal), keys at their index j
 """
 import math
 import os
@@ -56,7 +79,15 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # ---------------------------------------------------------------------------
 @triton.jit
 def _visible(pos_m, offs_n, Lk, window, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr):
-    """(BLOCK_M, BLOCK_N) bool: may the query at absolute position pos_m see key offs_n?"""
+    """The mask of one tile: (BLOCK_M, BLOCK_N) bool, True where query row r may see key c.
+
+    pos_m   (BLOCK_M,) int: absolute positions of the tile's query rows (query index + Lk - Lq)
+    offs_n  (BLOCK_N,) int: absolute key indices of the tile's columns (start_n + arange(BLOCK_N))
+    Lk      int: number of keys; columns offs_n >= Lk are the padding of the last tile (never visible)
+    window  int W (read only when WINDOWED): key j visible from position p iff p - j < W
+    CAUSAL  key j visible from position p only if j <= p (the diagonal is visible)
+    Both indices must be absolute (start + arange), never the tile's local 0..BLOCK-1.
+    """
     ### BEGIN SOLUTION
     ok = offs_n[None, :] < Lk                                  # key tail of the last tile
     if CAUSAL:
@@ -70,9 +101,17 @@ def _visible(pos_m, offs_n, Lk, window, CAUSAL: tl.constexpr, WINDOWED: tl.const
 @triton.jit
 def _key_tiles(start_m, offset, Lk, window,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr):
-    """Key range of the query tile [start_m, start_m + BLOCK_M), in three parts:
-    [lo, mid_lo) masked, [mid_lo, mid_hi) whole tiles every row sees, [mid_hi, hi) masked.
-    `offset` = Lk - Lq turns a query index into its absolute position."""
+    """Which key tiles the query tile [start_m, start_m + BLOCK_M) visits, and which need the mask.
+
+    start_m  int: index of the tile's first query row; offset = Lk - Lq turns a query index into
+             its absolute position; window W as in `_visible` (read only when WINDOWED)
+    returns  (lo, mid_lo, mid_hi, hi), key indices, lo <= mid_lo <= mid_hi <= hi, all but hi
+             multiples of BLOCK_N: [lo, mid_lo) masked tiles (left edge of the window),
+             [mid_lo, mid_hi) whole tiles that every row of the tile sees (no mask needed),
+             [mid_hi, hi) masked tiles (the diagonal, the key tail). Keys outside [lo, hi) are
+             hidden from every row of the tile and never visited.
+    A correct first version: (0, 0, 0, Lk), every tile masked (right, only slower); then skip.
+    """
     ### BEGIN SOLUTION
     first_pos = start_m + offset              # position of the tile's first row
     last_pos = start_m + BLOCK_M - 1 + offset  # ... and of its last (maybe past Lq: harmless)
@@ -104,8 +143,22 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                DOT_PRECISION: tl.constexpr):
-    """Fold key tiles [lo, hi) into (acc, l_i, m_i). MASKED tiles apply the
-    causal/window/tail mask; the others are known to be fully visible."""
+    """Fold the key tiles [lo, hi) into the running statistics of one query tile (Part 1's inner loop).
+
+    acc      (BLOCK_M, BLOCK_D) float32: running sum of exp2(qk - m_i) * v
+    l_i      (BLOCK_M,) float32: running sum of exp2(qk - m_i)
+    m_i      (BLOCK_M,) float32: running max of qk, in base-2 units (-inf: no key seen yet)
+    q        (BLOCK_M, BLOCK_D): the query tile, in the input dtype (padding rows/columns 0)
+    k_base, v_base   pointers to key 0 of this (batch, kv head); key j, dim d of K is at
+             k_base + j * stride_kn + d (head_dim has stride 1)
+    pos_m    (BLOCK_M,) absolute query positions; offs_d (BLOCK_D,) = arange(BLOCK_D)
+    lo, hi   key range, multiples of BLOCK_N (hi may not be: the last tile runs past Lk)
+    qk_scale sm_scale * log2(e): qk = q.k * qk_scale is a score in base 2
+    MASKED   True: apply `_visible` (causal, window, and keys >= Lk) and load with masks;
+             False: the caller knows every (row, key) of these tiles is visible and inside Lk
+    HEAD_DIM the real head dim D; BLOCK_D = next power of two >= D (columns >= D are padding)
+    returns  the updated (acc, l_i, m_i)
+    """
     ### BEGIN SOLUTION
     offs_n0 = tl.arange(0, BLOCK_N)
     d_ok = offs_d < HEAD_DIM                                   # padding columns when D is not a power of 2
@@ -153,8 +206,16 @@ def _fwd_kernel(Q, K, V, Out, LSE,
                 H, GROUP, Lq, Lk, window, qk_scale,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One program: query rows [start_m, start_m + BLOCK_M) of one (batch, head)."""
-    ### BEGIN SOLUTION
+    """One program: query rows [start_m, start_m + BLOCK_M) of one (batch, head).
+
+    Q, K, V, Out  pointers to (B, H, Lq, D), (B, Hkv, Lk, D), (B, Hkv, Lk, D), (B, H, Lq, D) tensors,
+                  stride 1 along D, the other strides passed in
+    LSE           pointer to a contiguous (B, H, Lq) float32 tensor: write the natural-log lse
+    GROUP         H // Hkv; qk_scale = sm_scale * log2(e); window: W, or 0 for none
+    Given: the program's rows, heads and pointers, the query tile, the initial statistics and the
+    three calls of `_fwd_tiles`. The exercise: the epilogue (out = acc / l, lse in natural log,
+    0 and -inf for a row that saw no key) and its two stores.
+    """
     # Causal tiles near the end of the sequence have the most keys: hand them out
     # first so the last wave of programs is short ones (better load balance).
     tile = tl.program_id(0)
@@ -197,6 +258,7 @@ def _fwd_kernel(Q, K, V, Out, LSE,
                                HEAD_DIM, BLOCK_D, BLOCK_N, DOT_PRECISION)
 
     # epilogue: out = acc / l, lse = ln(sum exp(s)) = (m + log2 l) * ln 2; an empty row gives 0 and -inf
+    ### BEGIN SOLUTION
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)  # ln(2)
@@ -215,14 +277,19 @@ def _fwd_kernel(Q, K, V, Out, LSE,
 @triton.jit
 def _bwd_preprocess(Out, dOut, Delta, stride_ob, stride_oh, stride_om, stride_dob, stride_doh, stride_dom,
                     H, Lq, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
-    """D_i = sum_d dO[i, d] * O[i, d] in float32: equals rowsum(P * dP), without P."""
-    ### BEGIN SOLUTION
+    """Delta = D_i = sum_d dO[i, d] * O[i, d], in float32: equals rowsum(P * dP), without P.
+
+    Out, dOut  pointers to (B, H, Lq, D) tensors (stride 1 along D); Delta: a contiguous (B, H, Lq)
+               float32 tensor to write. One program: rows [pid0 * BLOCK_M, +BLOCK_M) of (batch, head) pid1.
+    Given: the rows and the mask `ok` of this program. The exercise: load, reduce, store.
+    """
     off_bh = tl.program_id(1)
     off_b = off_bh // H
     off_h = off_bh % H
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     ok = (offs_m[:, None] < Lq) & (offs_d[None, :] < HEAD_DIM)
+    ### BEGIN SOLUTION
     o = tl.load(Out + off_b.to(tl.int64) * stride_ob + off_h * stride_oh
                 + offs_m[:, None] * stride_om + offs_d[None, :], mask=ok, other=0.0)
     do = tl.load(dOut + off_b.to(tl.int64) * stride_dob + off_h * stride_doh
@@ -235,9 +302,14 @@ def _bwd_preprocess(Out, dOut, Delta, stride_ob, stride_oh, stride_om, stride_do
 @triton.jit
 def _query_tiles(start_n, offset, Lq, Lk, window,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr):
-    """Query range that sees the key tile [start_n, start_n + BLOCK_N), in three parts:
-    [lo, mid_lo) masked, [mid_lo, mid_hi) whole tiles that see every key of it, [mid_hi, hi) masked.
-    The last key tile may run past Lk: then every query tile needs the mask."""
+    """Which query tiles see the key tile [start_n, start_n + BLOCK_N): `_key_tiles` transposed.
+
+    start_n  int: index of the tile's first key; offset = Lk - Lq; window W (read only when WINDOWED)
+    returns  (lo, mid_lo, mid_hi, hi), query indices, multiples of BLOCK_M except hi (<= Lq):
+             [lo, mid_lo) masked, [mid_lo, mid_hi) whole query tiles that see every key of the
+             tile (no mask), [mid_hi, hi) masked. The last key tile may run past Lk: then every
+             query tile needs the mask. A correct first version: (0, 0, 0, Lq).
+    """
     ### BEGIN SOLUTION
     lo = 0
     hi = Lq
@@ -266,7 +338,19 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, 
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                 DOT_PRECISION: tl.constexpr):
     """Add the query tiles [lo, hi) of one query head to this key tile's dK, dV.
-    Works with transposed tiles (keys along rows) so dk, dv stay (BLOCK_N, D)."""
+
+    dk, dv   (BLOCK_N, BLOCK_D) float32 accumulators; dk still without the factor sm_scale
+             (the caller multiplies once at the end)
+    k, v     (BLOCK_N, BLOCK_D) this program's key and value tile (input dtype)
+    q_base, do_base  pointers to query row 0 of this (batch, query head); row i, dim d at
+             q_base + i * stride_qm + d
+    lse_base pointer to this head's Lq natural-log lse values (-inf for a row that sees no key);
+             delta_base to its Lq values of D = rowsum(dO * O)
+    offs_n   (BLOCK_N,) absolute key indices; offset = Lk - Lq; qk_scale = sm_scale * log2(e)
+    MASKED   as in `_fwd_tiles`: True applies `_visible` (and the Lq/Lk tails), False: all visible
+    Works with transposed tiles (keys along rows): P^T = exp2(K Q^T * qk_scale - lse * log2(e)).
+    returns  the updated (dk, dv)
+    """
     ### BEGIN SOLUTION
     offs_m0 = tl.arange(0, BLOCK_M)
     d_ok = offs_d < HEAD_DIM
@@ -313,8 +397,13 @@ def _bwd_dkdv_kernel(Q, K, V, dOut, LSE, Delta, dK, dV,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One program: keys [start_n, start_n + BLOCK_N) of one (batch, key/value head).
-    Sums over the GROUP query heads that share the head, so no atomics are needed."""
-    ### BEGIN SOLUTION
+
+    Sums over the GROUP query heads that share the head, so no atomics are needed. Pointers as in
+    `_fwd_kernel`; dK, dV like K, V; LSE (natural log) and Delta contiguous (B, H, Lq) float32.
+    sm_scale multiplies dK once at the end; qk_scale = sm_scale * log2(e) rebuilds P.
+    Given: the program's keys, pointers and its K, V tiles. The exercise: the loop over the group's
+    query heads (three `_dkdv_tiles` calls each, as the forward) and the epilogue (scale, stores).
+    """
     start_n = tl.program_id(0) * BLOCK_N
     off_bh = tl.program_id(1)
     off_b = off_bh // Hkv
@@ -332,6 +421,7 @@ def _bwd_dkdv_kernel(Q, K, V, dOut, LSE, Delta, dK, dV,
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
+    ### BEGIN SOLUTION
     lo, mid_lo, mid_hi, hi = _query_tiles(start_n, offset, Lq, Lk, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOWED)
     for g in range(GROUP):
         off_h = off_hkv * GROUP + g
@@ -365,7 +455,15 @@ def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn,
               MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
               DOT_PRECISION: tl.constexpr):
-    """Add key tiles [lo, hi) to this query tile's dQ."""
+    """Add the key tiles [lo, hi) to this query tile's dQ.
+
+    dq       (BLOCK_M, BLOCK_D) float32 accumulator, still without the factor sm_scale
+    q, do    (BLOCK_M, BLOCK_D) this program's query and output-gradient tiles (input dtype)
+    lse2     (BLOCK_M,) the rows' lse in base 2 (lse * log2(e)), with +inf for a row that sees no
+             key, so that exp2(qk - lse2) = 0 there; delta (BLOCK_M,) = rowsum(dO * O)
+    k_base, v_base, pos_m, offs_d, qk_scale, MASKED: as in `_fwd_tiles`
+    returns  the updated dq
+    """
     ### BEGIN SOLUTION
     offs_n0 = tl.arange(0, BLOCK_N)
     d_ok = offs_d < HEAD_DIM
@@ -400,8 +498,12 @@ def _bwd_dq_kernel(Q, K, V, dOut, LSE, Delta, dQ,
                    H, GROUP, Lq, Lk, window, sm_scale, qk_scale,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One program: dQ for query rows [start_m, start_m + BLOCK_M) of one (batch, head)."""
-    ### BEGIN SOLUTION
+    """One program: dQ for query rows [start_m, start_m + BLOCK_M) of one (batch, head).
+
+    Pointers as in `_fwd_kernel`; LSE natural log, Delta = rowsum(dO * O). Given: the program's rows,
+    pointers and its Q, dO, lse, D tiles. The exercise: lse in base 2 (+inf for empty rows), the three
+    `_dq_tiles` calls and the epilogue (sm_scale once, store).
+    """
     tile = tl.program_id(0)
     if CAUSAL:
         tile = tl.cdiv(Lq, BLOCK_M) - 1 - tile
@@ -422,11 +524,16 @@ def _bwd_dq_kernel(Q, K, V, dOut, LSE, Delta, dQ,
     do = tl.load(dOut + off_b.to(tl.int64) * stride_dob + off_h * stride_doh
                  + offs_m[:, None] * stride_dom + offs_d[None, :], mask=ok, other=0.0)
     lse = tl.load(LSE + off_bh.to(tl.int64) * Lq + offs_m, mask=offs_m < Lq, other=float("-inf"))
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # log2(e)
     delta = tl.load(Delta + off_bh.to(tl.int64) * Lq + offs_m, mask=offs_m < Lq, other=0.0)
     k_base = K + off_b.to(tl.int64) * stride_kb + off_hkv * stride_kh
     v_base = V + off_b.to(tl.int64) * stride_vb + off_hkv * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    ### BEGIN SOLUTION
+    # a row that sees no key has lse = -inf: +inf makes exp2(qk - lse2) = 0 (FlashAttention-2's kernel
+    # stores +inf for such rows for the same reason), where -inf would give exp2(+inf) = inf. Such rows
+    # only ever meet masked tiles, whose tl.where zeroes P anyway: this keeps P finite before the mask.
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # log2(e)
 
     lo, mid_lo, mid_hi, hi = _key_tiles(start_m, offset, Lk, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOWED)
     dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, pos_m, offs_d,
@@ -496,8 +603,6 @@ def _check_inputs(q, k, v, causal, scale, window):
         raise ValueError(f"q's {H} heads must be a multiple of k/v's {Hkv} heads (GQA groups)")
     if not 16 <= D <= 128:
         raise ValueError(f"head_dim must be in 16..128 for this kernel, got {D}")
-    if Lq < 1 or Lk < 1:
-        raise ValueError(f"sequence lengths must be >= 1, got Lq={Lq}, Lk={Lk}")
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     check_scale(scale)
@@ -532,6 +637,8 @@ def _forward(q, k, v, causal, scale, window):
     B, H, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     sm_scale = _softmax_scale(D, scale)
+    if q.numel() == 0 or Lk == 0:  # zero sizes: nothing to launch; a row that sees no key gives 0 and -inf
+        return torch.zeros_like(q), torch.full((B, H, Lq), -math.inf, device=q.device, dtype=torch.float32)
     out = torch.empty_like(q)
     lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
 
@@ -545,6 +652,8 @@ def _backward(q, k, v, out, lse, grad_out, causal, scale, window):
     B, H, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     sm_scale = _softmax_scale(D, scale)
+    if q.numel() == 0 or k.numel() == 0:  # zero sizes: every gradient is an empty or zero tensor
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     grad_out = _contiguous_last(grad_out)
     common = _kernel_constants(q, causal, window)
 
@@ -570,9 +679,14 @@ def _backward(q, k, v, out, lse, grad_out, causal, scale, window):
 def triton_flash_attention_forward(q, k, v, causal=False, scale=None, window=None):
     """out, lse = attention of q (B, H, Lq, D) over k, v (B, Hkv, Lk, D).
 
-    H must be a multiple of Hkv (GQA); causal is bottom-right aligned; window W
-    (with causal=True) keeps keys 0 <= p - j < W. lse is natural-log, float32,
-    (B, H, Lq); -inf (and out 0) for a row that sees no key.
+    H must be a multiple of Hkv (GQA); causal (a bool) is bottom-right aligned;
+    window W (an int >= 1, with causal=True; None for no window) keeps keys
+    0 <= p - j < W. v must have k's shape (this kernel needs Dv == D; the PyTorch
+    path of Part 1 does not). lse is natural-log, float32, (B, H, Lq); -inf (and
+    out 0) for a row that sees no key. Zero sizes give empty (or, for Lk = 0,
+    zero) results. Bad input raises ValueError/TypeError naming the argument.
+    The exercise: check the inputs (`_check_inputs`), give the kernels unit
+    stride along head_dim (`_contiguous_last`), and call the launcher `_forward`.
     """
     ### BEGIN SOLUTION
     _check_inputs(q, k, v, causal, scale, window)
@@ -582,7 +696,10 @@ def triton_flash_attention_forward(q, k, v, causal=False, scale=None, window=Non
 
 
 class TritonFlashAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper: saves q, k, v, out and lse (O(L) extra), not P."""
+    """Autograd wrapper (stretch exercise, with the backward kernels): forward
+    runs `_forward` and saves q, k, v, out and lse (O(L) extra), not P;
+    backward runs `_backward` and returns dq, dk, dv, then None for causal,
+    scale and window."""
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale, window):

@@ -1,13 +1,18 @@
-"""L05 advanced suite: tiled attention on the CPU (flash_attention.py).
+"""L05 advanced suite, both parts of the lesson.
 
-Random shapes, blocks and causality (Hypothesis) for the forward and the
-backward, invariance to the block sizes, extreme logits that would overflow a
-softmax without its max, the work that causal block skipping saves (counted
-in matrix-multiply FLOPs with torch's FlopCounterMode, forward and backward),
-half-precision gradients, odd layouts (non-contiguous inputs, a value width of
-its own), and bad backward input.
+Part 1 (L05.1, flash_attention.py): random shapes, blocks and causality
+(Hypothesis) for the forward and the backward, invariance to the block sizes,
+extreme logits that would overflow a softmax without its max, the work that
+causal block skipping saves (counted in matrix-multiply FLOPs with torch's
+FlopCounterMode, forward and backward), half-precision gradients, odd layouts
+(non-contiguous inputs, a value width of its own), zero sizes, and bad input.
 
-Run: ./course test L05 --advanced
+Part 2 (L05.2, flash_attention_triton.py, the `triton` tests at the end): the
+stretch exercise, the backward kernels (against autograd through a float64
+reference, fully masked rows, float16 gradients), zero sizes, and the kernels'
+own rules (Dv == D, bool flags).
+
+Run: ./course test L05.1 --advanced, ./course test L05.2 --advanced
 """
 import math
 
@@ -18,7 +23,8 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from coursekit.reference import attention_lse_ref, causal_mask_ref
-from coursekit.testing import assert_close, assert_no_nan, assert_rejects, make_qkv, randn
+from coursekit.testing import (assert_close, assert_no_nan, assert_rejects, assert_within_eager_error, make_qkv,
+                               randn)
 
 # ----------------------------------------------------------------- helpers --
 
@@ -272,7 +278,7 @@ def test_bad_backward_input_is_rejected(impl):
     assert_rejects(lambda: backward(q, k, v, out, lse, out.long()), "grad_out")
     assert_rejects(lambda: backward(q, k, v, out, lse[:, :, :, None], out), "lse")
     assert_rejects(lambda: backward(q, k, v, out, [0.0], out), "lse")
-    assert_rejects(lambda: backward(q, k, v[:, :, :3], out, lse, out), "v")
+    assert_rejects(lambda: backward(q, k, v[:, :, :3], out, lse, out), "v", "k")
     assert_rejects(lambda: backward(q, k, v, out, lse, out, causal=1), "causal")
     assert_rejects(lambda: backward(q, k, v, out, lse, out, scale=math.inf), "scale")
 
@@ -285,5 +291,161 @@ def test_bad_arguments_name_themselves(impl):
     assert_rejects(lambda: forward(q, k, v, scale=math.nan), "scale")
     assert_rejects(lambda: forward(q[None], k[None], v[None]), "q", "k", "v")
     assert_rejects(lambda: forward("q", k, v), "q")
-    assert_rejects(lambda: forward(q, k, v.half()), "v")
-    assert_rejects(lambda: forward(q, k, v[:, :1]), "v")
+    assert_rejects(lambda: forward(q, k, v.half()), "v", "dtype")
+    assert_rejects(lambda: forward(q, k, v[:, :1]), "v", "k", "heads")
+    assert_rejects(lambda: impl.flash_attention.flash_attention(q, k, v, causal=torch.tensor(True)), "causal")
+
+
+@pytest.mark.parametrize("shape", ["lq_0", "lk_0", "batch_0"])
+def test_zero_sizes_give_empty_results(impl, shape):
+    # Zero-length dimensions are valid (the course's convention): an empty, correctly shaped result; with
+    # Lk = 0 every row sees no key, so out is 0 and lse -inf, as for any fully masked row.
+    (b, lq, lk) = {"lq_0": (2, 0, 5), "lk_0": (2, 4, 0), "batch_0": (0, 4, 5)}[shape]
+    q, k, v = make_qkv(b, 2, lq, lk, 4, seed=41, dtype=torch.float64, requires_grad=True)
+    fa = impl.flash_attention
+    out, lse = fa.flash_attention_forward(q, k, v, causal=True, block_q=3, block_k=2)
+    assert tuple(out.shape) == (b, 2, lq, 4) and tuple(lse.shape) == (b, 2, lq), (
+        f"{shape}: out {tuple(out.shape)}, lse {tuple(lse.shape)}; expected {(b, 2, lq, 4)} and {(b, 2, lq)}")
+    assert lse.dtype == torch.float64, f"lse of float64 inputs is float64, got {lse.dtype}"
+    assert not out.any() and torch.isneginf(lse).all(), f"{shape}: rows that see no key give out 0 and lse -inf"
+    fa.flash_attention(q, k, v, causal=True, block_q=3, block_k=2).sum().backward()
+    for name, leaf in (("q", q), ("k", k), ("v", v)):
+        assert leaf.grad is not None and leaf.grad.shape == leaf.shape and not leaf.grad.any(), (
+            f"{shape}: {name}.grad should be zeros of shape {tuple(leaf.shape)}")
+
+
+# ===========================================================================
+# Part 2 (L05.2), the stretch exercise: the Triton backward kernels (and the
+# autograd wrapper triton_flash_attention), on a GPU or under the interpreter.
+# ===========================================================================
+def triton_inputs(lq, lk, *, heads=4, kv_heads=2, head_dim=16, batch=1, seed=0, dtype=torch.float32,
+                  device="cpu", requires_grad=False):
+    """q (B, H, Lq, D); k, v (B, Hkv, Lk, D)."""
+    q = randn(batch, heads, lq, head_dim, seed=seed, dtype=dtype, device=device, requires_grad=requires_grad)
+    k = randn(batch, kv_heads, lk, head_dim, seed=seed + 1, dtype=dtype, device=device, requires_grad=requires_grad)
+    v = randn(batch, kv_heads, lk, head_dim, seed=seed + 2, dtype=dtype, device=device, requires_grad=requires_grad)
+    return q, k, v
+
+
+def triton_reference(q, k, v, causal=False, window=None):
+    """float64 out, differentiable; query head h reads key/value head h // (H // Hkv)."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return attention_lse_ref(q, k, v, causal=causal, window=window)[0]
+
+
+def eager_attention(q, k, v, causal=False):
+    """Plain PyTorch in q's dtype: the yardstick for half-precision error."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, Lq, D) @ (B, H, D, Lk) -> (B, H, Lq, Lk)
+    if causal:
+        scores = scores.masked_fill(~causal_mask_ref(q.shape[-2], k.shape[-2], device=q.device), float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+TRITON_GRAD_HINTS = {
+    "q": "dQ = sm_scale * dS K with dS = P * (dP - D), D = rowsum(dO * O), P = exp2(qk - lse * log2(e))",
+    "k": "dK = sm_scale * dS^T Q, summed over the query heads that share the key head (GQA)",
+    "v": "dV = P^T dO, summed over the query heads that share the value head (GQA)"}
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("case", ["full_tail", "causal_lq_lt_lk", "causal_lq_gt_lk", "gqa_window"])
+def test_triton_backward_matches_autograd_reference(impl, triton_device, case):
+    lq, lk, kv_heads, causal, window = {
+        "full_tail": (37, 37, 4, False, None),
+        "causal_lq_lt_lk": (20, 45, 2, True, None),
+        "causal_lq_gt_lk": (45, 20, 2, True, None),
+        "gqa_window": (40, 40, 1, True, 9),
+    }[case]
+    q, k, v = triton_inputs(lq, lk, kv_heads=kv_heads, device=triton_device, requires_grad=True)
+    grad_out = randn(*q.shape, seed=7, device=triton_device)
+    out = impl.flash_attention_triton.triton_flash_attention(q, k, v, causal=causal, window=window)
+    assert out.requires_grad, "triton_flash_attention must be differentiable: TritonFlashAttentionFunction.apply"
+    got = torch.autograd.grad(out, (q, k, v), grad_out)
+    want = torch.autograd.grad(triton_reference(q, k, v, causal=causal, window=window), (q, k, v),
+                               grad_out.to(torch.float64))
+    for name, g, w in zip("qkv", got, want):
+        assert_close(g, w, what=f"triton d{name} ({case})", hint=TRITON_GRAD_HINTS[name])
+
+
+@pytest.mark.triton
+def test_triton_fully_masked_rows_backward(impl, triton_device):
+    q, k, v = triton_inputs(30, 12, device=triton_device, requires_grad=True)
+    out = impl.flash_attention_triton.triton_flash_attention(q, k, v, causal=True)
+    empty = slice(0, 30 - 12)  # rows at negative positions see no key
+    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    hint = ("a row that sees no key has lse = -inf, and P = exp2(qk - lse2) must be exactly 0 there: mask P with "
+            "tl.where after the exp2 (a product with the mask gives inf * 0 = NaN), or replace lse = -inf by +inf")
+    for name, g in zip("qkv", grads):
+        assert_no_nan(g, what=f"d{name} with fully masked rows", hint=hint)
+    assert torch.all(grads[0][:, :, empty] == 0), f"dq of a row that sees no key must be 0. hint: {hint}"
+    want = torch.autograd.grad(triton_reference(q, k, v, causal=True), (q, k, v),
+                               torch.ones_like(out, dtype=torch.float64))
+    for name, g, w in zip("qkv", grads, want):
+        assert_close(g, w, what=f"triton d{name} with fully masked rows", hint=hint)
+
+
+@pytest.mark.triton
+def test_triton_float16_gradients_within_eager_error(impl, triton_device):
+    q, k, v = triton_inputs(40, 40, device=triton_device, dtype=torch.float16, requires_grad=True)
+    out = impl.flash_attention_triton.triton_flash_attention(q, k, v, causal=True)
+    grad_out = randn(*q.shape, seed=3, device=triton_device, dtype=torch.float16)
+    got = torch.autograd.grad(out, (q, k, v), grad_out)
+    want_g = torch.autograd.grad(triton_reference(q, k, v, causal=True), (q, k, v), grad_out.to(torch.float64))
+    eager_g = torch.autograd.grad(eager_attention(q, k, v, causal=True), (q, k, v), grad_out)
+    for name, g, w, e in zip("qkv", got, want_g, eager_g):
+        assert g.dtype == torch.float16, f"d{name} should be float16 like {name}, got {g.dtype}"
+        assert_within_eager_error(g, w, e, what=f"triton float16 d{name}",
+                                  hint="D, P, dP and dS in float32; round only the matmul inputs and the result")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape", ["lq_0", "lk_0", "batch_0"])
+def test_triton_zero_sizes_give_empty_results(impl, triton_device, shape):
+    b, lq, lk = {"lq_0": (1, 0, 5), "lk_0": (1, 4, 0), "batch_0": (0, 4, 5)}[shape]
+    q, k, v = triton_inputs(lq, lk, batch=b, device=triton_device, requires_grad=True)
+    ft = impl.flash_attention_triton
+    out, lse = ft.triton_flash_attention_forward(q, k, v, causal=True)
+    assert tuple(out.shape) == tuple(q.shape) and tuple(lse.shape) == tuple(q.shape[:3]), (
+        f"{shape}: out {tuple(out.shape)}, lse {tuple(lse.shape)}; zero sizes give empty, correctly shaped results")
+    assert not out.any() and torch.isneginf(lse).all(), f"{shape}: rows that see no key give out 0 and lse -inf"
+    ft.triton_flash_attention(q, k, v, causal=True).sum().backward()
+    for name, leaf in (("q", q), ("k", k), ("v", v)):
+        assert leaf.grad is not None and leaf.grad.shape == leaf.shape and not leaf.grad.any(), (
+            f"{shape}: {name}.grad should be zeros of shape {tuple(leaf.shape)}")
+
+
+@pytest.mark.triton
+def test_triton_kernel_rules_are_checked(impl, triton_device):
+    ft = impl.flash_attention_triton
+    q, k, v = triton_inputs(8, 8, device=triton_device)
+    v_wide = randn(1, 2, 8, 32, seed=5, device=triton_device)
+    # The kernels need Dv == D (the PyTorch path of Part 1 does not): a ValueError naming v.
+    for fn in (ft.triton_flash_attention_forward, ft.triton_flash_attention):
+        assert_rejects(lambda: fn(q, k, v_wide), "v")
+        for flag in ("yes", 1, None, torch.tensor(True)):
+            assert_rejects(lambda: fn(q, k, v, causal=flag), "causal")
+        assert_rejects(lambda: fn(q, k, v, causal=True, window=2.5), "window")
+        assert_rejects(lambda: fn(q, k, v, causal=True, window=-1), "window")
+        assert_rejects(lambda: fn(q, k, v, scale=math.nan), "scale")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float16, id="float16"), pytest.param(torch.bfloat16, id="bfloat16")])
+@pytest.mark.parametrize("head_dim", [64, 128, 96])
+@pytest.mark.parametrize("causal", CAUSAL)
+def test_triton_gpu_backward_realistic(impl, dtype, head_dim, causal):
+    q, k, v = triton_inputs(1000, 1000, heads=8, kv_heads=2, head_dim=head_dim, batch=2, dtype=dtype,
+                            device="cuda", requires_grad=True)
+    out = impl.flash_attention_triton.triton_flash_attention(q, k, v, causal=causal)
+    want = triton_reference(q, k, v, causal=causal)
+    eager = eager_attention(q, k, v, causal=causal)
+    grad_out = randn(*q.shape, seed=5, dtype=dtype, device="cuda")
+    got = torch.autograd.grad(out, (q, k, v), grad_out)
+    want_g = torch.autograd.grad(want, (q, k, v), grad_out.to(torch.float64))
+    eager_g = torch.autograd.grad(eager, (q, k, v), grad_out)
+    for name, g, w, e in zip("qkv", got, want_g, eager_g):
+        assert_within_eager_error(g, w, e, what=f"d{name} (D={head_dim}, {dtype})")

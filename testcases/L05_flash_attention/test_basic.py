@@ -1,13 +1,19 @@
-"""L05 basic suite: tiled attention on the CPU (flash_attention.py), then the
-Triton kernels (flash_attention_triton.py, at the end of this file).
+"""L05 basic suite, both parts of the lesson.
 
-Forward out and lse, causal (bottom-right) and not, Lq != Lk both ways, block
-sizes that do not divide the lengths or exceed them, float32/float64 and
-float16/bfloat16 inputs, fully masked rows, the backward against autograd
-through a float64 reference, gradcheck, the proof that no Lq x Lk tensor is
-ever created (forward and backward), and input validation.
+Part 1 (L05.1, flash_attention.py, the tests not marked `triton`): forward out
+and lse, causal (bottom-right) and not, Lq != Lk both ways, block sizes that do
+not divide the lengths or exceed them, float32/float64 and float16/bfloat16
+inputs, fully masked rows, the backward against autograd through a float64
+reference, gradcheck, the proof that no Lq x Lk tensor is ever created (forward
+and backward), and input validation.
 
-Run: ./course test L05    (or: pytest testcases/L05_flash_attention -m basic)
+Part 2 (L05.2, flash_attention_triton.py, the `triton` tests at the end): the
+forward kernel only (out and lse, causal, tails, GQA, sliding window, fully
+masked rows, float16, strided inputs, bad input). The Triton backward is the
+stretch exercise: its tests are in the advanced suite.
+
+Run: ./course test L05.1, ./course test L05.2, or ./course test L05 for both
+(or: pytest testcases/L05_flash_attention -m "basic and not triton")
 Expected values come from coursekit.reference.attention_lse_ref: float64
 einsum attention with the bottom-right causal mask and its logsumexp,
 differentiable, so torch.autograd.grad through it gives the reference
@@ -44,7 +50,9 @@ FORWARD_HINT = (
 CAUSAL_HINT = (
     "causal is bottom-right: query i sees keys j <= i + Lk - Lq, the diagonal included. The key loop of a query "
     "block [q_start, q_end) runs over keys [0, q_end + Lk - Lq) (clamped to [0, Lk]), and blocks that cross the "
-    "diagonal need the mask inside. A top-left mask (j <= i) agrees only when Lq == Lk")
+    "diagonal need the mask inside, built from absolute positions: row r of the tile is query q_start + r and "
+    "column c is key k_start + c (a mask from the tile's own 0..block-1 indices is right only for the first "
+    "tile). A top-left mask (j <= i) agrees only when Lq == Lk")
 LSE_HINT = (
     "lse is the natural-log logsumexp of the row's visible scores, m_i + log(l_i): not log(l_i) alone (the max was "
     "subtracted from every exponent), not log2. A row that sees no key has lse -inf")
@@ -114,6 +122,8 @@ def test_float64_matches_to_rounding(impl, causal):
     out, lse = impl.flash_attention.flash_attention_forward(q, k, v, causal=causal, block_q=6, block_k=9)
     expected_out, expected_lse = reference(q, k, v, causal=causal)
     assert out.dtype == torch.float64, f"float64 inputs should give a float64 out, got {out.dtype}"
+    assert lse.dtype == torch.float64, (
+        f"float64 inputs should give a float64 lse (the course's rule on the PyTorch paths), got {lse.dtype}")
     assert_close(out, expected_out, what="float64 out", hint=FORWARD_HINT)
     assert_close(lse, expected_lse, dtype=torch.float64, what="float64 lse", hint=LSE_HINT)
 
@@ -219,9 +229,9 @@ def test_gradients_of_fully_masked_rows_are_zero(impl):
 
 @pytest.mark.parametrize("causal", CAUSAL)
 def test_never_materialises_an_lq_by_lk_tensor(impl, causal):
-    # One head's score matrix has Lq * Lk = 92 160 elements; q, k, v, out and the
-    # gradients have at most B * H * L * D = 5 120, one block of scores 2 * 32 * 24 = 1 536.
-    lq, lk = 320, 288
+    # One head's score matrix has Lq * Lk = 23 040 elements; q, k, v, out and the
+    # gradients have at most B * H * L * D = 2 560, one block of scores 2 * 32 * 24 = 1 536.
+    lq, lk = 160, 144
     q, k, v = make_qkv(1, 2, lq, lk, 8, seed=14, requires_grad=True)
     grad_out = randn(1, 2, lq, 8, seed=15)
     limit = lq * lk
@@ -230,16 +240,16 @@ def test_never_materialises_an_lq_by_lk_tensor(impl, causal):
             "never S = q @ k^T for the whole sequence (nor its mask, its softmax, or P for the backward)")
     out, lse = assert_never_materialises(
         lambda: fa.flash_attention_forward(q.detach(), k.detach(), v.detach(), causal=causal, block_q=32, block_k=24),
-        limit, what="an Lq x Lk score matrix (320 x 288)", hint=hint)
+        limit, what="an Lq x Lk score matrix (160 x 144)", hint=hint)
     assert_never_materialises(
         lambda: fa.flash_attention_backward(q.detach(), k.detach(), v.detach(), out, lse, grad_out, causal=causal,
                                             block_q=32, block_k=24),
-        limit, what="an Lq x Lk matrix of P or dS (320 x 288)", hint=hint + "; the backward recomputes P from lse")
+        limit, what="an Lq x Lk matrix of P or dS (160 x 144)", hint=hint + "; the backward recomputes P from lse")
 
     def train_step():
         fa.flash_attention(q, k, v, causal=causal, block_q=32, block_k=24).backward(grad_out)
 
-    assert_never_materialises(train_step, limit, what="an Lq x Lk matrix (320 x 288)", hint=(
+    assert_never_materialises(train_step, limit, what="an Lq x Lk matrix (160 x 144)", hint=(
         hint + "; FlashAttentionFunction saves q, k, v, out and lse only"))
     expected_out, _ = reference(q, k, v, causal=causal)
     assert_close(out, expected_out, what="out of the long sequence", hint=FORWARD_HINT)
@@ -255,12 +265,13 @@ def test_bad_input_is_rejected(impl):
     assert_rejects(lambda: forward(q, k, v, block_k=-3), "block_k")
     assert_rejects(lambda: forward(q, k, v, block_q=2.5), "block_q")
     assert_rejects(lambda: forward(q[0], k[0], v[0]), "q", "k", "v")  # 3-D
-    assert_rejects(lambda: forward(q, k[..., :7], v), "k", "head_dim")  # D differs
-    assert_rejects(lambda: forward(q, k, v[:, :, :4]), "v")  # Lk differs
-    assert_rejects(lambda: forward(q, k[:, :2], v[:, :2]), "k", "q")  # heads differ
-    assert_rejects(lambda: forward(q, k.double(), v), "k", "dtype")
-    assert_rejects(lambda: forward(q.long(), k.long(), v.long()), "q", "dtype")
-    assert_rejects(lambda: forward(q, k, v, causal="yes"), "causal")
+    assert_rejects(lambda: forward(q, k[..., :7], v), "k", "q", "head_dim")  # D differs
+    assert_rejects(lambda: forward(q, k, v[:, :, :4]), "v", "k")  # Lk differs
+    assert_rejects(lambda: forward(q, k[:, :2], v[:, :2]), "k", "q", "v", "heads")  # heads differ
+    assert_rejects(lambda: forward(q, k.double(), v), "k", "q", "dtype")
+    assert_rejects(lambda: forward(q.long(), k.long(), v.long()), "q", "k", "v", "dtype")
+    for flag in ("yes", 1, None, torch.tensor(True)):  # flags are Python bools (the course's convention)
+        assert_rejects(lambda: forward(q, k, v, causal=flag), "causal")
     assert_rejects(lambda: forward(q, k, v, scale="0.5"), "scale")
     assert_rejects(lambda: fa.flash_attention(q, k, v, block_k=0), "block_k")
     out, lse = forward(q, k, v)
@@ -272,12 +283,15 @@ def test_bad_input_is_rejected(impl):
 
 
 # ===========================================================================
-# Part 2: the Triton kernels (flash_attention_triton). On a CUDA machine they
-# run on the GPU; without one, on CPU tensors under TRITON_INTERPRET=1 (the
-# plugin sets it), which is slow, so shapes here stay small. Realistic shapes
-# are in the `gpu` tests below.
+# Part 2 (L05.2): the Triton forward kernel (flash_attention_triton). On a CUDA
+# machine it runs on the GPU; without one, on CPU tensors under
+# TRITON_INTERPRET=1 (the plugin sets it), which runs every program in Python,
+# so shapes here stay small: one batch row where a second would only run the
+# same programs again (the GQA and strided tests keep two, for the batch
+# strides). Realistic shapes are in the `gpu` tests below. The backward
+# kernels (the stretch exercise) are graded in test_advanced.py.
 # ===========================================================================
-def triton_inputs(lq, lk, *, heads=4, kv_heads=2, head_dim=16, batch=2, seed=0, dtype=torch.float32,
+def triton_inputs(lq, lk, *, heads=4, kv_heads=2, head_dim=16, batch=1, seed=0, dtype=torch.float32,
                   device="cpu", requires_grad=False):
     """q (B, H, Lq, D); k, v (B, Hkv, Lk, D)."""
     q = randn(batch, heads, lq, head_dim, seed=seed, dtype=dtype, device=device, requires_grad=requires_grad)
@@ -320,6 +334,12 @@ TRITON_HINTS = {
     "decode_one": "one query over all keys: with causal it sees every key",
     "square_tail": "37 is not a multiple of the tile: the last tile's rows and keys must be masked",
 }
+TRITON_MASK_HINT = (
+    "_visible gets absolute indices: pos_m = query index + Lk - Lq and offs_n = start_n + arange(BLOCK_N) "
+    "(never a tile's local 0..BLOCK-1); key j is visible iff j < Lk and, with causal, j <= pos")
+TRITON_LSE_HINT = (
+    "the kernel's m_i and l_i are in base 2 (qk = q.k * qk_scale with qk_scale = sm_scale * log2(e)); the stored "
+    "lse is natural-log: lse = (m_i + log2(l_i)) * ln(2)")
 
 
 @pytest.mark.triton
@@ -329,18 +349,31 @@ def test_triton_forward_matches_reference(impl, triton_device, shape, causal):
     lq, lk = TRITON_SHAPES[shape]
     q, k, v = triton_inputs(lq, lk, device=triton_device)
     out, lse = impl.flash_attention_triton.triton_flash_attention_forward(q, k, v, causal=causal)
+    assert tuple(out.shape) == tuple(q.shape) and out.dtype == q.dtype, (
+        f"out is {tuple(out.shape)} {out.dtype}, expected {tuple(q.shape)} {q.dtype}")
     want_out, want_lse = triton_reference(q, k, v, causal=causal)
-    hint = TRITON_HINTS[shape]
+    hint = TRITON_HINTS[shape] + (". " + TRITON_MASK_HINT if causal else "")
     assert_close(out, want_out, what=f"triton out ({shape}, causal={causal})", hint=hint)
-    assert lse.dtype == torch.float32, f"lse must be float32, got {lse.dtype}"
-    assert_close(lse, want_lse, what=f"triton lse ({shape}, causal={causal})",
-                 hint=hint + "; lse = m + ln(l) in natural log")
+    assert lse.dtype == torch.float32 and tuple(lse.shape) == tuple(q.shape[:3]), (
+        f"lse must be a float32 (B, H, Lq) = {tuple(q.shape[:3])} tensor, got {tuple(lse.shape)} {lse.dtype}")
+    assert_close(lse, want_lse, what=f"triton lse ({shape}, causal={causal})", hint=hint + ". " + TRITON_LSE_HINT)
+
+
+@pytest.mark.triton
+def test_triton_custom_scale(impl, triton_device):
+    q, k, v = triton_inputs(23, 23, device=triton_device, seed=4)
+    out, lse = impl.flash_attention_triton.triton_flash_attention_forward(q, k, v, causal=True, scale=0.37)
+    want_out, want_lse = triton_reference(q, k, v, causal=True, scale=0.37)
+    hint = ("the launcher passes qk_scale = sm_scale * log2(e) with sm_scale = 0.37 here: multiply q.k by qk_scale "
+            "once and use exp2 (not exp, and not the default 1/sqrt(D))")
+    assert_close(out, want_out, what="triton out with scale=0.37", hint=hint)
+    assert_close(lse, want_lse, what="triton lse with scale=0.37", hint=hint + ". " + TRITON_LSE_HINT)
 
 
 @pytest.mark.triton
 @pytest.mark.parametrize("kv_heads", [1, 2], ids=["mqa", "gqa_2"])
 def test_triton_gqa_maps_heads_by_interleaving(impl, triton_device, kv_heads):
-    q, k, v = triton_inputs(24, 24, heads=4, kv_heads=kv_heads, device=triton_device)
+    q, k, v = triton_inputs(24, 24, heads=4, kv_heads=kv_heads, batch=2, device=triton_device)
     out, _ = impl.flash_attention_triton.triton_flash_attention_forward(q, k, v, causal=True)
     assert_close(out, triton_reference(q, k, v, causal=True)[0], what=f"triton GQA out (Hkv={kv_heads})",
                  hint="query head h must read key/value head h // (H // Hkv) (repeat_interleave), "
@@ -355,63 +388,39 @@ def test_triton_sliding_window(impl, triton_device, window, lq, lk):
     out, lse = impl.flash_attention_triton.triton_flash_attention_forward(q, k, v, causal=True, window=window)
     want_out, want_lse = triton_reference(q, k, v, causal=True, window=window)
     hint = (f"window {window}: key j is visible from position p iff 0 <= p - j < {window} "
-            f"(exactly {window} keys once p >= {window - 1}); positions are bottom-right aligned")
+            f"(exactly {window} keys once p >= {window - 1}); positions are bottom-right aligned; "
+            "_key_tiles' lo must not skip a tile that holds a visible key")
     assert_close(out, want_out, what=f"triton windowed out (W={window}, Lq={lq}, Lk={lk})", hint=hint)
     assert_close(lse, want_lse, what=f"triton windowed lse (W={window})", hint=hint)
 
 
 @pytest.mark.triton
 def test_triton_fully_masked_rows(impl, triton_device):
-    q, k, v = triton_inputs(30, 12, device=triton_device, requires_grad=True)
-    out = impl.flash_attention_triton.triton_flash_attention(q, k, v, causal=True)
-    _, lse = impl.flash_attention_triton.triton_flash_attention_forward(q, k, v, causal=True)
+    q, k, v = triton_inputs(30, 12, device=triton_device)
+    out, lse = impl.flash_attention_triton.triton_flash_attention_forward(q, k, v, causal=True)
     empty = slice(0, 30 - 12)  # rows at negative positions see no key
-    assert_no_nan(out, what="triton out with fully masked rows")
-    assert torch.all(out[:, :, empty] == 0), "a row that sees no key must give output exactly 0"
-    assert torch.all(torch.isneginf(lse[:, :, empty])), "a row that sees no key has lse = -inf"
-    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
-    for name, g in zip("qkv", grads):
-        assert_no_nan(g, what=f"d{name} with fully masked rows", hint="use P = 0 for rows whose lse is -inf")
-    assert torch.all(grads[0][:, :, empty] == 0), "dq of a row that sees no key must be 0"
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("case", ["full_tail", "causal_lq_lt_lk", "causal_lq_gt_lk", "gqa_window"])
-def test_triton_backward_matches_autograd_reference(impl, triton_device, case):
-    lq, lk, kv_heads, causal, window = {
-        "full_tail": (37, 37, 4, False, None),
-        "causal_lq_lt_lk": (20, 45, 2, True, None),
-        "causal_lq_gt_lk": (45, 20, 2, True, None),
-        "gqa_window": (40, 40, 1, True, 9),
-    }[case]
-    q, k, v = triton_inputs(lq, lk, kv_heads=kv_heads, device=triton_device, requires_grad=True)
-    grad_out = randn(*q.shape, seed=7, device=triton_device)
-    out = impl.flash_attention_triton.triton_flash_attention(q, k, v, causal=causal, window=window)
-    got = torch.autograd.grad(out, (q, k, v), grad_out)
-    want_out, _ = triton_reference(q, k, v, causal=causal, window=window)
-    want = torch.autograd.grad(want_out, (q, k, v), grad_out.to(torch.float64))
-    hints = {"q": "dQ = scale * dS K with dS = P * (dP - D), D = rowsum(dO * O)",
-             "k": "dK = scale * dS^T Q, summed over the query heads that share the key head (GQA)",
-             "v": "dV = P^T dO, summed over the query heads that share the value head (GQA)"}
-    for name, g, w in zip("qkv", got, want):
-        assert_close(g, w, what=f"triton d{name} ({case})", hint=hints[name])
+    hint = ("a row that sees no key keeps m_i = -inf and l_i = 0: use 0 for an infinite max before exp2 "
+            "(exp2(-inf - (-inf)) is NaN) and divide by 1 where l_i = 0; store out 0 and lse -inf")
+    assert_no_nan(out, what="triton out with fully masked rows", hint=hint)
+    assert_no_nan(lse, what="triton lse with fully masked rows", hint=hint)
+    assert torch.all(out[:, :, empty] == 0), f"a row that sees no key must give output exactly 0. hint: {hint}"
+    assert torch.all(torch.isneginf(lse[:, :, empty])), f"a row that sees no key has lse = -inf. hint: {hint}"
+    want_out, want_lse = triton_reference(q, k, v, causal=True)
+    assert_close(out, want_out, what="triton out (rows 0..17 see no key)", hint=hint)
+    assert_close(lse, want_lse, what="triton lse (rows 0..17 see no key)", hint=hint)
 
 
 @pytest.mark.triton
 def test_triton_float16_within_eager_error(impl, triton_device):
-    q, k, v = triton_inputs(40, 40, device=triton_device, dtype=torch.float16, requires_grad=True)
-    out = impl.flash_attention_triton.triton_flash_attention(q, k, v, causal=True)
+    q, k, v = triton_inputs(40, 40, device=triton_device, dtype=torch.float16)
+    out, lse = impl.flash_attention_triton.triton_flash_attention_forward(q, k, v, causal=True)
     assert out.dtype == torch.float16, f"output must keep the input dtype float16, got {out.dtype}"
-    want, _ = triton_reference(q, k, v, causal=True)
-    eager = eager_attention(q, k, v, causal=True)
-    assert_within_eager_error(out, want, eager, what="triton float16 out",
+    assert lse.dtype == torch.float32, f"lse is float32 statistics even for float16 inputs, got {lse.dtype}"
+    want, want_lse = triton_reference(q, k, v, causal=True)
+    assert_within_eager_error(out, want, eager_attention(q, k, v, causal=True), what="triton float16 out",
                               hint="scores, softmax statistics and the accumulator belong in float32")
-    grad_out = randn(*q.shape, seed=3, device=triton_device, dtype=torch.float16)
-    got = torch.autograd.grad(out, (q, k, v), grad_out)
-    want_g = torch.autograd.grad(want, (q, k, v), grad_out.to(torch.float64))
-    eager_g = torch.autograd.grad(eager, (q, k, v), grad_out)
-    for name, g, w, e in zip("qkv", got, want_g, eager_g):
-        assert_within_eager_error(g, w, e, what=f"triton float16 d{name}")
+    assert_close(lse, want_lse, dtype=torch.float16, what="triton lse of float16 inputs",
+                 hint="lse comes from the float32 statistics m_i, l_i")
 
 
 @pytest.mark.triton
@@ -428,42 +437,22 @@ def test_triton_accepts_strided_inputs(impl, triton_device):
 def test_triton_bad_input_is_rejected(impl, triton_device):
     ft = impl.flash_attention_triton
     q, k, v = triton_inputs(8, 8, heads=4, kv_heads=2, device=triton_device)
-    assert_rejects(lambda: ft.triton_flash_attention_forward(q[0], k[0], v[0]), "q")
-    q3 = randn(2, 3, 8, 16, device=triton_device)
-    assert_rejects(lambda: ft.triton_flash_attention_forward(q3, k, v), "heads")
-    assert_rejects(lambda: ft.triton_flash_attention_forward(q, k, v[..., :8]), "v")
-    assert_rejects(lambda: ft.triton_flash_attention_forward(q, k, v, causal=True, window=0), "window")
-    assert_rejects(lambda: ft.triton_flash_attention_forward(q.double(), k.double(), v.double()), "float64")
-    assert_rejects(lambda: ft.triton_flash_attention(q, k.half(), v), "dtype")
+    forward = ft.triton_flash_attention_forward
+    assert_rejects(lambda: forward(q[0], k[0], v[0]), "q", "k", "v")
+    q3 = randn(1, 3, 8, 16, device=triton_device)
+    assert_rejects(lambda: forward(q3, k, v), "heads", "q", "k")
+    assert_rejects(lambda: forward(q, k, v[..., :8]), "v")
+    assert_rejects(lambda: forward(q, k, v, causal=True, window=0), "window")
+    assert_rejects(lambda: forward(q.double(), k.double(), v.double()), "float64", "dtype", "q")
+    assert_rejects(lambda: forward(q, k.half(), v), "dtype", "k")
+    for flag in ("yes", 1, None):
+        assert_rejects(lambda: forward(q, k, v, causal=flag), "causal")
 
 
 # --- on a CUDA GPU, at the sizes the kernels are for --------------------------
-GPU_DTYPES = [pytest.param(torch.float16, id="float16"), pytest.param(torch.bfloat16, id="bfloat16")]
-
-
 @pytest.mark.gpu
 @pytest.mark.triton
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
-@pytest.mark.parametrize("head_dim", [64, 128, 96])
-@pytest.mark.parametrize("causal", CAUSAL)
-def test_triton_gpu_forward_backward_realistic(impl, dtype, head_dim, causal):
-    q, k, v = triton_inputs(1000, 1000, heads=8, kv_heads=2, head_dim=head_dim, dtype=dtype, device="cuda",
-                            requires_grad=True)
-    out = impl.flash_attention_triton.triton_flash_attention(q, k, v, causal=causal)
-    want, _ = triton_reference(q, k, v, causal=causal)
-    eager = eager_attention(q, k, v, causal=causal)
-    assert_within_eager_error(out, want, eager, what=f"out (D={head_dim}, {dtype})")
-    grad_out = randn(*q.shape, seed=5, dtype=dtype, device="cuda")
-    got = torch.autograd.grad(out, (q, k, v), grad_out)
-    want_g = torch.autograd.grad(want, (q, k, v), grad_out.to(torch.float64))
-    eager_g = torch.autograd.grad(eager, (q, k, v), grad_out)
-    for name, g, w, e in zip("qkv", got, want_g, eager_g):
-        assert_within_eager_error(g, w, e, what=f"d{name} (D={head_dim}, {dtype})")
-
-
-@pytest.mark.gpu
-@pytest.mark.triton
-@pytest.mark.parametrize("window", [1, 100, 257])
+@pytest.mark.parametrize("window", [None, 1, 100, 257])
 def test_triton_gpu_window_and_decoding_shapes(impl, window):
     q, k, v = triton_inputs(300, 1500, heads=8, kv_heads=8, head_dim=64, dtype=torch.bfloat16, device="cuda")
     out, lse = impl.flash_attention_triton.triton_flash_attention_forward(q, k, v, causal=True, window=window)
@@ -472,3 +461,15 @@ def test_triton_gpu_window_and_decoding_shapes(impl, window):
                               what=f"windowed out (W={window})")
     assert_close(lse, want_lse, dtype=torch.float32, atol=1e-4, rtol=1e-4, what=f"windowed lse (W={window})",
                  hint="lse is float32 statistics even for bfloat16 inputs")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float16, id="float16"), pytest.param(torch.bfloat16, id="bfloat16")])
+@pytest.mark.parametrize("head_dim", [64, 128, 96])
+@pytest.mark.parametrize("causal", CAUSAL)
+def test_triton_gpu_forward_realistic(impl, dtype, head_dim, causal):
+    q, k, v = triton_inputs(1000, 1000, heads=8, kv_heads=2, head_dim=head_dim, batch=2, dtype=dtype, device="cuda")
+    out, _ = impl.flash_attention_triton.triton_flash_attention_forward(q, k, v, causal=causal)
+    want, _ = triton_reference(q, k, v, causal=causal)
+    assert_within_eager_error(out, want, eager_attention(q, k, v, causal=causal), what=f"out (D={head_dim}, {dtype})")

@@ -1,5 +1,6 @@
 """Backward without the D term: dS = P * dP instead of P * (dP - rowsum(dO * O))."""
 MODULE = "flash_attention_triton"
+CAUGHT_BY = "advanced"  # the Triton backward is graded in the advanced suite only
 
 
 @triton.jit
