@@ -196,12 +196,17 @@ def expected_visible(full, start, n, window):
 
 
 def tensor_bytes(cache):
-    """Bytes of every tensor the cache object holds (attributes, lists and dicts of tensors)."""
-    total = 0
+    """Bytes of the distinct storages behind every tensor the cache object holds
+    (attributes, lists and dicts of tensors). Two views of one buffer (k_cache
+    and v_cache as halves of one allocation, say) are one buffer: counted once."""
+    storages = {}
     for value in vars(cache).values():
         items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
-        total += sum(t.untyped_storage().nbytes() for t in items if isinstance(t, torch.Tensor))
-    return total
+        for t in items:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 @pytest.mark.parametrize("chunks", [[1] * 20, [3, 1, 6, 2, 1, 1, 5, 1], [9, 1, 1, 8, 1]],
@@ -327,6 +332,8 @@ def test_mismatched_cache_updates_are_rejected_and_change_nothing(impl):
         assert_rejects(lambda: cache.update(k_bad, v_bad), *names)
         assert cache.seq_len == 2, f"case {case}: a rejected update changed seq_len to {cache.seq_len}"
     k_new, v_new = randn(2, 3, 1, 5, seed=44), randn(2, 3, 1, 5, seed=45)
-    k_vis, _ = cache.update(k_new, v_new)
+    k_vis, v_vis = cache.update(k_new, v_new)
     assert_close(k_vis, torch.cat([k, k_new], dim=2), what="k_visible after the rejected updates",
                  hint="check everything before writing anything into the ring")
+    assert_close(v_vis, torch.cat([v, v_new], dim=2), what="v_visible after the rejected updates",
+                 hint="check everything (k AND v) before writing anything into the ring")
