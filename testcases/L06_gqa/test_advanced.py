@@ -198,6 +198,32 @@ def test_bias_true_forward_and_decoding(impl, device, num_kv_heads):
     assert_close(decode_in_chunks(gqa, x, [3, 4, 1, 1, 1], cache), expected, what="bias=True with the cache")
 
 
+class ListCache:
+    """The least a cache needs (update(k, v) and seq_len; no num_heads, batch_size,
+    head_dim or dtype to check): the module must duck-type it."""
+
+    def __init__(self):
+        self.k = self.v = None
+        self.seq_len = 0
+
+    def update(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        self.seq_len += k.shape[2]
+        return self.k, self.v
+
+
+def test_any_object_with_update_and_seq_len_is_a_cache(impl):
+    gqa = make_gqa(impl, 3, seed=75)
+    x = randn(2, 8, HIDDEN, seed=76)
+    cache = ListCache()
+    assert_close(decode_in_chunks(gqa, x, [3, 1, 4], cache), gqa_module_ref(gqa, x, causal=True), hint=(
+        "the module only needs cache.update(k, v) and cache.seq_len; check num_heads, batch_size, head_dim and "
+        "dtype only where the cache has them (getattr with a default)"))
+    assert cache.seq_len == 8 and tuple(cache.k.shape) == (2, 3, 8, HEAD_DIM), (
+        "the cache received the num_kv_heads heads of k, before repeat_kv")
+
+
 def test_causal_false_with_cache_sees_every_key(impl, device):
     gqa = make_gqa(impl, 2, seed=53, device=device)
     x = randn(2, 9, HIDDEN, seed=54, device=device)
