@@ -66,8 +66,9 @@ class GroupedQueryAttention(nn.Module):
 
     num_kv_heads == num_heads is multi-head attention, num_kv_heads == 1 is
     multi-query attention. __init__ checks that all three counts are positive
-    ints, that num_heads divides hidden_size and that num_kv_heads divides
-    num_heads (ValueError naming the arguments and their values otherwise), and
+    ints, that bias is a bool (TypeError), that num_heads divides hidden_size and
+    that num_kv_heads divides num_heads (ValueError naming the arguments and
+    their values otherwise), and
     stores hidden_size, num_heads, num_kv_heads, head_dim = hidden_size //
     num_heads and n_rep = num_heads // num_kv_heads (query heads per key/value
     head; Hugging Face calls it num_key_value_groups). Projections, in Hugging

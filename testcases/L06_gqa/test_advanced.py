@@ -420,5 +420,7 @@ def test_bad_constructor_arguments_are_rejected(impl):
     assert_rejects(lambda: gqa_cls(36, 6, 2.0), "num_kv_heads")
     assert_rejects(lambda: gqa_cls(36, 6, -2), "num_kv_heads")
     assert_rejects(lambda: gqa_cls(0, 6, 2), "hidden_size")
+    for flag in ("yes", 1, None, torch.tensor(True)):  # flags are Python bools
+        assert_rejects(lambda: gqa_cls(36, 6, 2, bias=flag), "bias")
     assert_rejects(lambda: impl.gqa.repeat_kv(randn(1, 2, 3, 4), 1.5), "n_rep")
     assert_rejects(lambda: impl.gqa.repeat_kv([[1.0]], 2), "x")

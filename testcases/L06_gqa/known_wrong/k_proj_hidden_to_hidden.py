@@ -7,6 +7,8 @@ def __init__(self, hidden_size, num_heads, num_kv_heads, bias=False):
     check_positive_int("hidden_size", hidden_size)
     check_positive_int("num_heads", num_heads)
     check_positive_int("num_kv_heads", num_kv_heads)
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
     if num_heads % num_kv_heads:
