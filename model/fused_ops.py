@@ -174,7 +174,8 @@ class FusedLayerNormLinear(nn.Module):
     FusedLayerNormLinear(in_features, out_features, bias=True, eps=1e-5)
 
     __init__ checks in_features and out_features (positive ints), bias (a bool)
-    and eps (a positive finite float), stores them as attributes, and creates
+    and eps (a finite float >= 0; 0 is allowed, as in nn.LayerNorm, and a
+    negative eps is a ValueError), stores them as attributes, and creates
         norm_weight (in,) = 1, norm_bias (in,) = 0        the LayerNorm's gamma, beta
         weight (out, in), bias (out,) or None             initialised as nn.Linear
     forward(x): x (..., in_features) -> (..., out_features), through

@@ -171,8 +171,9 @@ def triton_layer_norm(x, weight, bias, eps=1e-5, block_size=None):
 
     x: float32/float16/bfloat16 with >= 1 dim (CUDA, or CPU under the
     interpreter); weight, bias: (n,) float tensors on x's device, or None
-    (no scale / no shift). eps: a positive float, added to the biased variance
-    inside the square root. Returns x's shape and dtype; statistics in float32.
+    (weight None = ones, no scale; bias None = zeros, no shift; as F.layer_norm).
+    eps: a finite float >= 0 (0 is allowed, as in F.layer_norm; negative is a
+    ValueError), added to the biased variance inside the square root. Returns x's shape and dtype; statistics in float32.
     block_size: as for triton_softmax. Errors: TypeError/ValueError naming x,
     weight, bias, eps or block_size.
     """

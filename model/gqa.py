@@ -66,8 +66,9 @@ class GroupedQueryAttention(nn.Module):
 
     num_kv_heads == num_heads is multi-head attention, num_kv_heads == 1 is
     multi-query attention. __init__ checks that all three counts are positive
-    ints, that num_heads divides hidden_size and that num_kv_heads divides
-    num_heads (ValueError naming the arguments and their values otherwise), and
+    ints, that bias is a bool (TypeError), that num_heads divides hidden_size and
+    that num_kv_heads divides num_heads (ValueError naming the arguments and
+    their values otherwise), and
     stores hidden_size, num_heads, num_kv_heads, head_dim = hidden_size //
     num_heads and n_rep = num_heads // num_kv_heads (query heads per key/value
     head; Hugging Face calls it num_key_value_groups). Projections, in Hugging
@@ -142,9 +143,11 @@ def kv_cache_bytes(batch_size, seq_len, num_layers, num_kv_heads, head_dim, dtyp
 
     of `dtype` (a torch.dtype: 2 bytes for bfloat16/float16, 4 for float32).
     Only the key/value heads are cached, so the number of query heads does not
-    appear. Returns a Python int. batch_size, num_layers, num_kv_heads and
-    head_dim are positive ints, seq_len an int >= 0 (TypeError/ValueError naming
-    the argument otherwise); dtype must be a torch.dtype (TypeError).
+    appear. Returns a Python int. batch_size and seq_len are ints >= 0 (an
+    empty batch or an empty cache holds 0 bytes); num_layers, num_kv_heads and
+    head_dim are positive ints (TypeError for a non-int, ValueError for a value
+    out of range, naming the argument and its value); dtype must be a
+    torch.dtype (TypeError).
     """
     raise NotImplementedError("L06: implement kv_cache_bytes in model/gqa.py (see tutorial/L06_gqa/README.md)")
 

@@ -29,6 +29,7 @@ Exercises: sliding_window_mask, sliding_window_attention,
 RollingKVCache.__init__/update/reset. Given: RollingKVCache.held and .nbytes.
 """
 import math
+import numbers
 
 import torch
 
@@ -45,8 +46,9 @@ def sliding_window_mask(q_len, k_len, window, device=None):
     window >= k_len gives causal_mask(q_len, k_len). Queries with p < 0 (only
     when q_len > k_len) see nothing.
 
-    q_len, k_len, window: ints >= 1 (TypeError for a non-int, ValueError below 1,
-    naming the argument).
+    q_len, k_len: ints >= 0 (0 gives an empty mask of shape (0, k_len) or
+    (q_len, 0)); window: an int >= 1. TypeError for a non-int, ValueError for a
+    negative length or a window below 1, naming the argument and its value.
     """
     raise NotImplementedError("L07: implement sliding_window_mask in model/sliding_window.py (see tutorial/L07_sliding_window/README.md)")
 

@@ -290,8 +290,9 @@ def triton_layer_norm(x, weight, bias, eps=1e-5, block_size=None):
 
     x: float32/float16/bfloat16 with >= 1 dim (CUDA, or CPU under the
     interpreter); weight, bias: (n,) float tensors on x's device, or None
-    (no scale / no shift). eps: a positive float, added to the biased variance
-    inside the square root. Returns x's shape and dtype; statistics in float32.
+    (weight None = ones, no scale; bias None = zeros, no shift; as F.layer_norm).
+    eps: a finite float >= 0 (0 is allowed, as in F.layer_norm; negative is a
+    ValueError), added to the biased variance inside the square root. Returns x's shape and dtype; statistics in float32.
     block_size: as for triton_softmax. Errors: TypeError/ValueError naming x,
     weight, bias, eps or block_size.
     """
@@ -309,8 +310,8 @@ def triton_layer_norm(x, weight, bias, eps=1e-5, block_size=None):
             raise ValueError(f"{name} is on {p.device} but x is on {x.device}")
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-    if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a positive finite float, got {eps}")
+    if not (math.isfinite(eps) and eps >= 0):  # eps = 0 is allowed, as in F.layer_norm
+        raise ValueError(f"eps must be a finite float >= 0, got {eps}")
     if x.numel() == 0:
         return torch.empty_like(x)
     x2, n_rows, n_cols = _as_rows(x)

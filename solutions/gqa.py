@@ -78,8 +78,9 @@ class GroupedQueryAttention(nn.Module):
 
     num_kv_heads == num_heads is multi-head attention, num_kv_heads == 1 is
     multi-query attention. __init__ checks that all three counts are positive
-    ints, that num_heads divides hidden_size and that num_kv_heads divides
-    num_heads (ValueError naming the arguments and their values otherwise), and
+    ints, that bias is a bool (TypeError), that num_heads divides hidden_size and
+    that num_kv_heads divides num_heads (ValueError naming the arguments and
+    their values otherwise), and
     stores hidden_size, num_heads, num_kv_heads, head_dim = hidden_size //
     num_heads and n_rep = num_heads // num_kv_heads (query heads per key/value
     head; Hugging Face calls it num_key_value_groups). Projections, in Hugging
@@ -98,6 +99,8 @@ class GroupedQueryAttention(nn.Module):
         check_positive_int("hidden_size", hidden_size)
         check_positive_int("num_heads", num_heads)
         check_positive_int("num_kv_heads", num_kv_heads)
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
         if num_heads % num_kv_heads:
@@ -264,18 +267,20 @@ def kv_cache_bytes(batch_size, seq_len, num_layers, num_kv_heads, head_dim, dtyp
 
     of `dtype` (a torch.dtype: 2 bytes for bfloat16/float16, 4 for float32).
     Only the key/value heads are cached, so the number of query heads does not
-    appear. Returns a Python int. batch_size, num_layers, num_kv_heads and
-    head_dim are positive ints, seq_len an int >= 0 (TypeError/ValueError naming
-    the argument otherwise); dtype must be a torch.dtype (TypeError).
+    appear. Returns a Python int. batch_size and seq_len are ints >= 0 (an
+    empty batch or an empty cache holds 0 bytes); num_layers, num_kv_heads and
+    head_dim are positive ints (TypeError for a non-int, ValueError for a value
+    out of range, naming the argument and its value); dtype must be a
+    torch.dtype (TypeError).
     """
     ### BEGIN SOLUTION
-    for name, value in (("batch_size", batch_size), ("num_layers", num_layers),
-                        ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
+    for name, value in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
         check_positive_int(name, value)
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int):
-        raise TypeError(f"seq_len must be an int, got {type(seq_len).__name__}")
-    if seq_len < 0:
-        raise ValueError(f"seq_len must be >= 0, got {seq_len}")
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
     element_size = torch.empty((), dtype=dtype).element_size()

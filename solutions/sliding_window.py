@@ -29,6 +29,7 @@ Exercises: sliding_window_mask, sliding_window_attention,
 RollingKVCache.__init__/update/reset. Given: RollingKVCache.held and .nbytes.
 """
 import math
+import numbers
 
 import torch
 
@@ -45,12 +46,13 @@ def sliding_window_mask(q_len, k_len, window, device=None):
     window >= k_len gives causal_mask(q_len, k_len). Queries with p < 0 (only
     when q_len > k_len) see nothing.
 
-    q_len, k_len, window: ints >= 1 (TypeError for a non-int, ValueError below 1,
-    naming the argument).
+    q_len, k_len: ints >= 0 (0 gives an empty mask of shape (0, k_len) or
+    (q_len, 0)); window: an int >= 1. TypeError for a non-int, ValueError for a
+    negative length or a window below 1, naming the argument and its value.
     """
     ### BEGIN SOLUTION
-    check_positive_int("q_len", q_len)
-    check_positive_int("k_len", k_len)
+    _check_length("q_len", q_len)
+    _check_length("k_len", k_len)
     check_positive_int("window", window)
     query_position = torch.arange(q_len, device=device) + (k_len - q_len)  # (Lq,) absolute positions p
     key_position = torch.arange(k_len, device=device)  # (Lk,)
@@ -59,6 +61,14 @@ def sliding_window_mask(q_len, k_len, window, device=None):
 
 
 ### BEGIN SOLUTION
+def _check_length(name, value):
+    """A sequence length: an int >= 0 (zero-length sequences are valid, and empty)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
 def _in_window(query_position, key_position, window):
     """(Lq, Lk) bool from positions (Lq,) and (Lk,): the one definition of the band."""
     distance = query_position[:, None] - key_position[None, :]  # (Lq, 1) - (1, Lk) -> (Lq, Lk): p - j

@@ -164,6 +164,27 @@ def test_float16_fully_padded_query_gives_zeros(impl):
     assert_close(out, gqa_module_ref(gqa, x, causal=True, key_padding_mask=keep))
 
 
+# ------------------------------------------------------------ zero sizes --
+
+def test_zero_sizes_give_empty_results(impl):
+    # A zero-length dimension is valid and gives an empty, correctly shaped result.
+    x = randn(2, 3, 0, 4, seed=90)
+    got = impl.gqa.repeat_kv(x, 2)
+    assert tuple(got.shape) == (2, 6, 0, 4), f"repeat_kv of an empty sequence: shape {tuple(got.shape)}, expected (2, 6, 0, 4)"
+    gqa = make_gqa(impl, 2, seed=91)
+    cache = impl.kv_cache.KVCache(2, 2, 6, HEAD_DIM)
+    gqa(randn(2, 3, HIDDEN, seed=92), cache=cache)
+    k_before, v_before = cached_contents(cache, 2)
+    out = gqa(randn(2, 0, HIDDEN, seed=93), cache=cache, causal=False)
+    assert tuple(out.shape) == (2, 0, HIDDEN), (
+        f"no new tokens: output shape {tuple(out.shape)}, expected (B, 0, hidden) = (2, 0, {HIDDEN})")
+    k_now, v_now = cached_contents(cache, 2)
+    assert cache.seq_len == 3 and torch.equal(k_now, k_before) and torch.equal(v_now, v_before), (
+        "a call with no new tokens must leave the cache as it was (an empty update is a no-op)")
+    out = gqa(randn(0, 5, HIDDEN, seed=94))
+    assert tuple(out.shape) == (0, 5, HIDDEN), f"an empty batch: output shape {tuple(out.shape)}, expected (0, 5, {HIDDEN})"
+
+
 # ------------------------------------------------------- module variants --
 
 @pytest.mark.parametrize("num_kv_heads", [3, 1], ids=["gqa", "mqa"])
@@ -175,6 +196,32 @@ def test_bias_true_forward_and_decoding(impl, device, num_kv_heads):
                  hint="every projection adds its bias, k_proj's and v_proj's of num_kv_heads * head_dim")
     cache = impl.kv_cache.KVCache(3, num_kv_heads, 12, HEAD_DIM, device=device)
     assert_close(decode_in_chunks(gqa, x, [3, 4, 1, 1, 1], cache), expected, what="bias=True with the cache")
+
+
+class ListCache:
+    """The least a cache needs (update(k, v) and seq_len; no num_heads, batch_size,
+    head_dim or dtype to check): the module must duck-type it."""
+
+    def __init__(self):
+        self.k = self.v = None
+        self.seq_len = 0
+
+    def update(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        self.seq_len += k.shape[2]
+        return self.k, self.v
+
+
+def test_any_object_with_update_and_seq_len_is_a_cache(impl):
+    gqa = make_gqa(impl, 3, seed=75)
+    x = randn(2, 8, HIDDEN, seed=76)
+    cache = ListCache()
+    assert_close(decode_in_chunks(gqa, x, [3, 1, 4], cache), gqa_module_ref(gqa, x, causal=True), hint=(
+        "the module only needs cache.update(k, v) and cache.seq_len; check num_heads, batch_size, head_dim and "
+        "dtype only where the cache has them (getattr with a default)"))
+    assert cache.seq_len == 8 and tuple(cache.k.shape) == (2, 3, 8, HEAD_DIM), (
+        "the cache received the num_kv_heads heads of k, before repeat_kv")
 
 
 def test_causal_false_with_cache_sees_every_key(impl, device):
@@ -276,11 +323,22 @@ def test_mha_to_gqa_pools_a_gqa_module_further(impl):
 
 def test_mha_to_gqa_rejects_bad_arguments(impl):
     mha = make_gqa(impl, HEADS, seed=67)
+    heads = ("num_kv_heads", "num_heads")  # either side of a count that does not divide the other
     assert_rejects(lambda: impl.gqa.mha_to_gqa(mha, 0), "num_kv_heads")
-    assert_rejects(lambda: impl.gqa.mha_to_gqa(mha, 4), "num_kv_heads")
+    assert_rejects(lambda: impl.gqa.mha_to_gqa(mha, 4), *heads)
     assert_rejects(lambda: impl.gqa.mha_to_gqa(mha, 2.0), "num_kv_heads")
     assert_rejects(lambda: impl.gqa.mha_to_gqa(torch.nn.Linear(4, 4), 1), "module")
-    assert_rejects(lambda: impl.gqa.mha_to_gqa(impl.gqa.mha_to_gqa(mha, 2), 3), "num_kv_heads")
+    assert_rejects(lambda: impl.gqa.mha_to_gqa(impl.gqa.mha_to_gqa(mha, 2), 3), *heads)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_mha_to_gqa_keeps_the_training_mode(impl, mode):
+    mha = make_gqa(impl, HEADS, seed=69).train(mode == "train")
+    gqa = impl.gqa.mha_to_gqa(mha, 2)
+    assert gqa.training == mha.training, (
+        f"the source is in {mode} mode, the converted module in {'train' if gqa.training else 'eval'} mode: "
+        "mha_to_gqa keeps the source's training mode (a fresh nn.Module starts in train mode: call "
+        ".train(module.training))")
 
 
 # ----------------------------------------------------------- kv_cache_bytes --
@@ -293,37 +351,57 @@ def test_kv_cache_bytes_equals_the_caches_of_a_model(impl, dtype):
     assert got == sum(c.k_cache.nbytes + c.v_cache.nbytes for c in caches), (
         f"kv_cache_bytes = {got}, but {layers} KVCache buffers of (B, Hkv, L, D) {dtype} hold "
         f"{sum(c.k_cache.nbytes + c.v_cache.nbytes for c in caches)} bytes")
-    assert impl.gqa.kv_cache_bytes(batch, 0, layers, kv_heads, head_dim, dtype) == 0, "an empty cache holds 0 bytes"
+    got = impl.gqa.kv_cache_bytes(batch, 0, layers, kv_heads, head_dim, dtype)
+    assert got == 0 and isinstance(got, int), (
+        f"kv_cache_bytes(seq_len=0) = {got!r}: an empty cache holds 0 bytes (a zero size is valid, not an error)")
 
 
 def test_kv_cache_bytes_rejects_bad_arguments(impl):
+    # Negative sizes and non-ints are errors; zero sizes are left to the convention above (seq_len=0 -> 0).
     f = impl.gqa.kv_cache_bytes
-    assert_rejects(lambda: f(0, 10, 2, 2, 4, torch.float32), "batch_size")
+    assert_rejects(lambda: f(-1, 10, 2, 2, 4, torch.float32), "batch_size")
     assert_rejects(lambda: f(1, -1, 2, 2, 4, torch.float32), "seq_len")
-    assert_rejects(lambda: f(1, 10, 0, 2, 4, torch.float32), "num_layers")
-    assert_rejects(lambda: f(1, 10, 2, 0, 4, torch.float32), "num_kv_heads")
+    assert_rejects(lambda: f(1, 10.0, 2, 2, 4, torch.float32), "seq_len")
+    assert_rejects(lambda: f(1, 10, -2, 2, 4, torch.float32), "num_layers")
+    assert_rejects(lambda: f(1, 10, 2, -1, 4, torch.float32), "num_kv_heads")
     assert_rejects(lambda: f(1, 10, 2, 2, 2.5, torch.float32), "head_dim")
     assert_rejects(lambda: f(1, 10, 2, 2, 4, "bfloat16"), "dtype")
 
 
 # --------------------------------------------------------------- bad input --
 
+def cached_contents(cache, num_kv_heads):
+    """What the cache holds now, through L04's API: an empty update returns it all (a no-op)."""
+    nothing = torch.zeros(cache.batch_size, num_kv_heads, 0, HEAD_DIM)
+    k_all, v_all = cache.update(nothing, nothing)
+    return k_all.clone(), v_all.clone()
+
+
 def test_bad_forward_input_is_rejected_before_the_cache_is_touched(impl):
     gqa = make_gqa(impl, 2, seed=68)
     cache = impl.kv_cache.KVCache(2, 2, 6, HEAD_DIM)
     gqa(randn(2, 4, HIDDEN, seed=69), cache=cache)
+    k_before, v_before = cached_contents(cache, 2)
     step = randn(2, 1, HIDDEN, seed=70)
     cases = {
         "mask_over_new_keys_only": (dict(key_padding_mask=torch.ones(2, 1, dtype=torch.bool)), ("key_padding_mask",)),
         "mask_not_bool": (dict(key_padding_mask=torch.ones(2, 5)), ("key_padding_mask",)),
         "mask_wrong_batch": (dict(key_padding_mask=torch.ones(3, 5, dtype=torch.bool)), ("key_padding_mask",)),
-        "causal_not_bool": (dict(causal="yes"), ("causal",)),
+        # causal must be a Python bool: a string, an int, None or a tensor is a TypeError naming it
+        "causal_string": (dict(causal="yes"), ("causal",)),
+        "causal_int": (dict(causal=1), ("causal",)),
+        "causal_none": (dict(causal=None), ("causal",)),
+        "causal_tensor": (dict(causal=torch.tensor(True)), ("causal",)),
     }
     for case, (kwargs, names) in cases.items():
         assert_rejects(lambda: gqa(step, cache=cache, **kwargs), *names)
         assert cache.seq_len == 4, (
             f"case {case}: the call was rejected but the cache now holds {cache.seq_len} positions (4 before). "
             "Check every argument BEFORE cache.update")
+        k_now, v_now = cached_contents(cache, 2)
+        assert torch.equal(k_now, k_before) and torch.equal(v_now, v_before), (
+            f"case {case}: the call was rejected but the cached keys or values changed: a rejected call leaves "
+            "the cache exactly as it was. Check every argument BEFORE cache.update")
     assert_rejects(lambda: gqa(randn(2, HIDDEN)), "hidden_states")
     assert_rejects(lambda: gqa(randn(2, 3, HIDDEN + 1)), "hidden_states", "hidden_size")
     assert_rejects(lambda: gqa(randn(2, 3, HIDDEN, dtype=torch.float64)), "hidden_states", "dtype")
@@ -342,5 +420,7 @@ def test_bad_constructor_arguments_are_rejected(impl):
     assert_rejects(lambda: gqa_cls(36, 6, 2.0), "num_kv_heads")
     assert_rejects(lambda: gqa_cls(36, 6, -2), "num_kv_heads")
     assert_rejects(lambda: gqa_cls(0, 6, 2), "hidden_size")
+    for flag in ("yes", 1, None, torch.tensor(True)):  # flags are Python bools
+        assert_rejects(lambda: gqa_cls(36, 6, 2, bias=flag), "bias")
     assert_rejects(lambda: impl.gqa.repeat_kv(randn(1, 2, 3, 4), 1.5), "n_rep")
     assert_rejects(lambda: impl.gqa.repeat_kv([[1.0]], 2), "x")

@@ -335,15 +335,17 @@ def test_kv_cache_bytes_follows_the_formula(impl, config):
 
 def test_invalid_head_counts_are_rejected(impl):
     gqa_cls = impl.gqa.GroupedQueryAttention
-    assert_rejects(lambda: gqa_cls(36, 6, 4), "num_kv_heads")   # 4 does not divide 6
-    assert_rejects(lambda: gqa_cls(35, 5, 2), "num_kv_heads")   # 2 does not divide 5
-    assert_rejects(lambda: gqa_cls(35, 6, 2), "hidden_size")    # 6 does not divide 35
+    # A message may name either side of a count that does not divide the other.
+    heads = ("num_kv_heads", "num_heads")
+    assert_rejects(lambda: gqa_cls(36, 6, 4), *heads)   # 4 does not divide 6
+    assert_rejects(lambda: gqa_cls(35, 5, 2), *heads)   # 2 does not divide 5
+    assert_rejects(lambda: gqa_cls(35, 6, 2), "hidden_size", "num_heads")    # 6 does not divide 35
     assert_rejects(lambda: gqa_cls(36, 6, 0), "num_kv_heads")
     assert_rejects(lambda: gqa_cls(36, 0, 1), "num_heads")
-    assert_rejects(lambda: gqa_cls(36, 6, 12), "num_kv_heads")  # more key/value heads than query heads
+    assert_rejects(lambda: gqa_cls(36, 6, 12), *heads)  # more key/value heads than query heads
     assert_rejects(lambda: impl.gqa.repeat_kv(randn(2, 3, 4, 5), 0), "n_rep")
     assert_rejects(lambda: impl.gqa.repeat_kv(randn(3, 4, 5), 2), "x")
-    assert_rejects(lambda: impl.gqa.mha_to_gqa(make_gqa(impl, HEADS), 4), "num_kv_heads")
+    assert_rejects(lambda: impl.gqa.mha_to_gqa(make_gqa(impl, HEADS), 4), *heads)
 
 
 def test_a_cache_with_num_heads_heads_is_rejected(impl):

@@ -240,6 +240,44 @@ def test_bad_cache_arguments_are_rejected(impl, name, position):
 
 def test_bad_mask_lengths_are_rejected(impl):
     mask = impl.sliding_window.sliding_window_mask
-    assert_rejects(lambda: mask(0, 4, 2), "q_len")
+    assert_rejects(lambda: mask(-1, 4, 2), "q_len")
     assert_rejects(lambda: mask(4, -1, 2), "k_len")
     assert_rejects(lambda: mask(4.0, 4, 2), "q_len")
+    assert_rejects(lambda: mask(4, None, 2), "k_len")
+
+
+# ------------------------------------------------------------ zero sizes --
+
+def test_zero_lengths_give_empty_results(impl):
+    # A zero-length dimension is valid and gives an empty, correctly shaped
+    # result (tutorial/CONVENTIONS.md); only negative lengths are errors.
+    sw = impl.sliding_window
+    for q_len, k_len in ((0, 4), (3, 0), (0, 0)):
+        got = sw.sliding_window_mask(q_len, k_len, 2)
+        assert_same_mask(got, sliding_window_mask_ref(q_len, k_len, 2), what=f"sliding_window_mask({q_len}, {k_len}, 2)",
+                         hint="a zero length gives an empty (q_len, k_len) bool mask, not an error")
+    q, k, v = make_qkv(2, 3, 0, 6, head_dim=4, v_dim=5, seed=80)
+    out = sw.sliding_window_attention(q, k, v, 3, block_size=4)
+    assert out.shape == (2, 3, 0, 5), f"no queries: output shape {tuple(out.shape)}, expected (B, H, 0, Dv) = (2, 3, 0, 5)"
+    q, k, v = make_qkv(2, 3, 4, 0, head_dim=4, v_dim=5, seed=81)
+    out = sw.sliding_window_attention(q, k, v, 3, block_size=4)
+    assert_no_nan(out, hint="no keys: every query sees nothing and gives 0")
+    assert_close(out, torch.zeros(2, 3, 4, 5), what="output over zero keys",
+                 hint="with Lk = 0 every query sits before key 0: output 0, shape (B, H, Lq, Dv)")
+
+
+def test_an_empty_update_returns_the_held_entries_and_changes_nothing(impl):
+    cache = impl.sliding_window.RollingKVCache(1, 2, 4, 3)
+    k, v = randn(1, 2, 5, 3, seed=82), randn(1, 2, 5, 3, seed=83)
+    cache.update(k, v)
+    nothing = torch.zeros(1, 2, 0, 3)
+    for step in range(2):
+        k_vis, v_vis = cache.update(nothing, nothing)
+        assert cache.seq_len == 5, f"an empty update changed seq_len from 5 to {cache.seq_len}: it is a no-op"
+        assert_close(k_vis, k[:, :, 2:], what=f"k_visible of empty update {step}",
+                     hint="an empty update returns the held past (the last window - 1 = 3 keys, oldest first)")
+        assert_close(v_vis, v[:, :, 2:], what=f"v_visible of empty update {step}")
+    k_new, v_new = randn(1, 2, 1, 3, seed=84), randn(1, 2, 1, 3, seed=85)
+    k_vis, _ = cache.update(k_new, v_new)
+    assert_close(k_vis, torch.cat([k[:, :, 2:], k_new], dim=2), what="k_visible after the empty updates",
+                 hint="an empty update must not write into (or advance) the ring")

@@ -245,6 +245,58 @@ def test_from_modules_keeps_dtype_and_eps(impl):
     assert_close(fused(x), linear(ln(x)), hint="take eps from the LayerNorm (1e-3 here, not the default 1e-5)")
 
 
+def test_eps_zero_is_allowed(impl):
+    # eps = 0 is a valid LayerNorm (as nn.LayerNorm and F.layer_norm): rstd = 1 / sqrt(var).
+    first, linear = seeded_modules("ln", 10, 6, seed=145)
+    ln = nn.LayerNorm(10, eps=0.0).double()
+    with torch.no_grad():
+        ln.weight.copy_(first.weight)
+        ln.bias.copy_(first.bias)
+    fused = impl.fused_ops.FusedLayerNormLinear.from_modules(ln, linear)
+    check_against_reference(fused, [ln, linear], randn(3, 4, 10, seed=146, dtype=torch.float64),
+                            randn(3, 4, 6, seed=147, dtype=torch.float64), torch.float64,
+                            hint="eps = 0 is allowed (as in nn.LayerNorm): only a negative or non-finite eps is an error")
+    plain = impl.fused_ops.FusedLayerNormLinear(10, 6, eps=0.0)
+    assert plain.eps == 0.0, f"FusedLayerNormLinear(10, 6, eps=0.0).eps = {plain.eps!r}, expected 0.0"
+
+
+@pytest.mark.parametrize("kind,approximate", KINDS, ids=KIND_IDS)
+def test_zero_tokens(impl, kind, approximate):
+    # An empty batch is valid: (0, in) -> (0, out), and the gradients of the parameters are zero.
+    first, linear = seeded_modules(kind, 8, 5, seed=148, approximate=approximate)
+    fused = fuse(impl, kind, first, linear, approximate)
+    x = torch.zeros(0, 3, 8, dtype=torch.float64, requires_grad=True)
+    y = fused(x)
+    assert tuple(y.shape) == (0, 3, 5), f"zero tokens in: output shape {tuple(y.shape)}, expected (0, 3, 5)"
+    y.sum().backward()
+    assert x.grad is not None and tuple(x.grad.shape) == (0, 3, 8), "the input gradient has the input's (empty) shape"
+    for p in fused.parameters():
+        assert p.grad is not None, f"a parameter of shape {tuple(p.shape)} got no gradient from an empty batch"
+        assert_close(p.grad, torch.zeros_like(p), what=f"grad of a parameter of shape {tuple(p.shape)}",
+                     hint="a sum over zero tokens is 0")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_statistics_in_float32(impl, dtype):
+    # Rows around 60 with unit spread: a float16 (bfloat16) sum of 64 such values is
+    # ~3840, where the spacing is 2 (16), so a mean and variance taken in the input
+    # dtype are off by several percent of the spread. In float32 they are exact enough.
+    first, linear = seeded_modules("ln", 64, 9, seed=115, dtype=dtype)
+    fused = fuse(impl, "ln", first, linear)
+    x = (randn(6, 64, seed=116) + 60.0).to(dtype)
+    expected, _, _ = module_chain_ref([first, linear], x)
+    assert_close(fused(x), expected, dtype=dtype, hint=(
+        f"{dtype} input with a large mean: compute mean and variance in float32 (compute_dtype), not in {dtype}"))
+
+
+def test_bias_flag_must_be_a_bool(impl):
+    # Flags are Python bools: a string, an int, None or a tensor is a TypeError naming the flag.
+    fo = impl.fused_ops
+    for bad in ("yes", 1, None, torch.tensor(True)):
+        assert_rejects(lambda: fo.FusedLayerNormLinear(8, 4, bias=bad), "bias")
+        assert_rejects(lambda: fo.FusedGELULinear(8, 4, bias=bad), "bias")
+
+
 # --------------------------------------------------- memory of a block --
 
 def test_mlp_block_saves_five_activations_per_token_less(impl):
@@ -345,6 +397,22 @@ def test_triton_inputs_that_require_grad(impl, triton_device):
         out = ft.triton_softmax(x)
         assert_close(out, softmax_ref(x), probabilities=True, hint="under no_grad the kernel simply runs")
         assert_close(ft.triton_layer_norm(x, w, None), layer_norm_ref(x, w, None))
+
+
+@pytest.mark.triton
+def test_triton_layer_norm_eps_zero_and_missing_affine(impl, triton_device):
+    # weight=None means ones and bias=None zeros (as F.layer_norm); eps = 0 is allowed.
+    ft = impl.fused_ops_triton
+    x = randn(5, 37, seed=165, device=triton_device, scale=0.5)
+    w = randn(37, seed=166, device=triton_device)
+    b = randn(37, seed=167, device=triton_device)
+    ones, zeros = torch.ones(37, device=triton_device), torch.zeros(37, device=triton_device)
+    assert_close(ft.triton_layer_norm(x, None, None, eps=0.0), layer_norm_ref(x, None, None, 0.0),
+                 hint="eps = 0 is allowed (as in F.layer_norm): rstd = 1 / sqrt(var); only eps < 0 is an error")
+    assert_close(ft.triton_layer_norm(x, None, b), layer_norm_ref(x, ones, b),
+                 hint="weight=None means a weight of ones (no scale)")
+    assert_close(ft.triton_layer_norm(x, w, None), layer_norm_ref(x, w, zeros),
+                 hint="bias=None means a bias of zeros (no shift)")
 
 
 @pytest.mark.triton

@@ -284,12 +284,12 @@ def test_bad_input_is_rejected(impl):
     assert_rejects(lambda: gelu_linear(randn(4, IN - 1)), "a", "x")
     assert_rejects(lambda: fo.FusedLayerNormLinear(0, OUT), "in_features")
     assert_rejects(lambda: fo.FusedLayerNormLinear(IN, 2.5), "out_features")
-    assert_rejects(lambda: fo.FusedLayerNormLinear(IN, OUT, eps=0.0), "eps")
-    assert_rejects(lambda: fo.FusedLayerNormLinear(IN, OUT, eps=-1e-5), "eps")
+    assert_rejects(lambda: fo.FusedLayerNormLinear(IN, OUT, eps=-1e-5), "eps")    # eps = 0 is allowed; < 0 is not
+    assert_rejects(lambda: fo.FusedLayerNormLinear(IN, OUT, eps=float("nan")), "eps")
     assert_rejects(lambda: fo.FusedGELULinear(IN, OUT, approximate="erf"), "approximate")
     assert_rejects(lambda: fo.FusedGELULinear(IN, 0), "out_features")
     assert_rejects(lambda: fo.FusedLayerNormLinear.from_modules(nn.LayerNorm(IN + 1), nn.Linear(IN, OUT)),
-                   "layer_norm", "in_features")
+                   "layer_norm", "linear", "in_features", "normalized_shape")
     assert_rejects(lambda: fo.FusedLayerNormLinear.from_modules(nn.Linear(IN, OUT), nn.Linear(IN, OUT)), "layer_norm")
     assert_rejects(lambda: fo.FusedGELULinear.from_modules(nn.GELU()), "linear")
     assert_rejects(lambda: fo.FusedGELULinear.from_modules(nn.Linear(IN, OUT), approximate="fast"), "approximate")
@@ -418,7 +418,7 @@ def test_triton_bad_input_is_rejected(impl, triton_device):
     assert_rejects(lambda: ft.triton_softmax(x, block_size=100), "block_size")
     assert_rejects(lambda: ft.triton_layer_norm(x, randn(9, device=triton_device), None), "weight")
     assert_rejects(lambda: ft.triton_layer_norm(x, None, randn(4, device=triton_device)), "bias")
-    assert_rejects(lambda: ft.triton_layer_norm(x, None, None, eps=0.0), "eps")
+    assert_rejects(lambda: ft.triton_layer_norm(x, None, None, eps=-1e-5), "eps")  # eps = 0 is allowed; < 0 is not
 
 
 # ------------------------------------------- Triton on CUDA, real sizes --
