@@ -5,8 +5,9 @@ any check fails, and ends with one line "check: N passed, M failed".
 1. The tooling passes its own tests (coursekit/tests).
 2. model/ is exactly solutions/ with the solution blocks stripped.
 3. No test imports solutions/ (expected values come from coursekit.reference).
-4. Notebooks are committed without outputs; every graded test cell ends in
-   an assert.
+4. Notebooks are committed without outputs, ask for the course kernel and
+   print the implementation's path (`./course sync-notebooks`); every graded
+   test cell ends in an assert.
 5. Every test passes on the reference solutions.
 6. Every test fails on the untouched stubs (those that pass are listed).
 7. Each lesson's known-wrong implementations are caught by the suite they name.
@@ -80,7 +81,7 @@ def check_no_solution_imports(ctx):
 
 
 def check_notebooks_clean(ctx):
-    problems = []
+    problems = [f"{problem} (fix: ./course sync-notebooks)" for problem in notebooks.sync_notebooks(check=True)]
     for path in sorted(notebooks.NOTEBOOKS.glob("*.ipynb")):
         nb = notebooks.load(path)
         if notebooks.has_outputs(nb):
@@ -187,7 +188,7 @@ CHECKS = [
     ("the tooling passes its own tests", check_tooling, False),
     ("model/ is solutions/ with the solution blocks stripped", check_stubs_in_sync, False),
     ("tests never import solutions/", check_no_solution_imports, False),
-    ("notebooks are committed without outputs; graded cells end in an assert", check_notebooks_clean, False),
+    ("notebooks: no outputs, the course kernel, graded cells end in an assert", check_notebooks_clean, False),
     ("every test passes on the reference solutions", check_reference_passes, False),
     ("every test fails on the untouched stubs", check_stubs_fail, False),
     ("known-wrong implementations are caught", check_known_wrong, True),

@@ -38,7 +38,9 @@ def nbgrader(*args, check=True, course_dir=None):
     `course_dir`). Kernels it starts import the tooling from a copy without
     solutions/ next to it, so student code cannot reach the reference through
     coursekit."""
+    from coursekit.kernel import jupyter_env, use_course_kernel
     course_dir = Path(course_dir or NBGRADER_DIR)
+    use_course_kernel()  # the notebooks ask for it by name
     with tempfile.TemporaryDirectory(prefix="nbgrader-path-") as tmp:
         copy_coursekit(tmp)
         if args and args[0] == "autograde" and (course_dir / "submitted").is_dir():
@@ -47,7 +49,7 @@ def nbgrader(*args, check=True, course_dir=None):
             snapshot = Path(tmp) / "submitted"
             shutil.copytree(course_dir / "submitted", snapshot)
             args = (*args, f"--CourseDirectory.submitted_directory={snapshot}")
-        env = dict(os.environ, PYTHONPATH=tmp,
+        env = dict(jupyter_env(), PYTHONPATH=tmp,
                    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
         return subprocess.run([sys.executable, "-m", "nbgrader", *args, "--log-level=WARN"],
                               cwd=course_dir, env=env, check=check).returncode
