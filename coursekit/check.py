@@ -18,6 +18,12 @@ any check fails, and ends with one line "check: N passed, M failed".
    hidden tests.
 10. A simulated class (known-wrong, looping, crashing, tampering, solution-
    stealing and vandal submissions) is graded exactly (coursekit/tests, slow).
+11. In a real browser (headless Chromium), `./course lab` opens the start page
+   on the course kernel without nbgrader's menu, a lesson notebook runs on the
+   reference with no error, and the working tree stays as it was
+   (coursekit/browser_check.py; skipped, saying why, without a browser).
+
+--quick runs 1-6.
 """
 import ast
 import re
@@ -174,6 +180,16 @@ def check_notebooks(ctx):
     return ok
 
 
+def check_browser(ctx):
+    """None (skipped) where no browser can run."""
+    from coursekit import browser_check
+    reason = browser_check.unavailable()
+    if reason:
+        print(f"  skipped: {reason}")
+        return None
+    return browser_check.run()
+
+
 def check_release(ctx):
     from coursekit.release import build_release, find_leaks
     out = ctx["stub_dir"] / "release"
@@ -195,6 +211,8 @@ CHECKS = [
     ("notebooks run on the reference and grade full / zero", check_notebooks, True),
     ("the student release leaks no solution or hidden test", check_release, True),
     ("a simulated class is graded exactly (loops, crashes, tampering, vandals)", check_grading, True),
+    ("./course lab in a real browser: course kernel, no nbgrader menu, a lesson runs, tree clean",
+     check_browser, True),
 ]
 
 
@@ -212,13 +230,16 @@ def run_all(quick=False) -> int:
                 continue
             _header(title)
             start = time.perf_counter()
-            ok = check(ctx)
+            ok = check(ctx)  # True, False, or None: skipped (it says why)
             results.append((title, ok, time.perf_counter() - start))
-            print(f"  {'ok' if ok else 'FAILED'} ({results[-1][2]:.0f} s)", flush=True)
+            status = "skipped" if ok is None else "ok" if ok else "FAILED"
+            print(f"  {status} ({results[-1][2]:.0f} s)", flush=True)
 
     print("\nSummary")
     for title, ok, seconds in results:
-        print(f"  {'PASS' if ok else 'FAIL'}  {title}  ({seconds:.0f} s)")
-    failed = sum(1 for _, ok, _ in results if not ok)
-    print(f"check: {len(results) - failed} passed, {failed} failed")
+        print(f"  {'SKIP' if ok is None else 'PASS' if ok else 'FAIL'}  {title}  ({seconds:.0f} s)")
+    failed = sum(1 for _, ok, _ in results if ok is False)
+    skipped = sum(1 for _, ok, _ in results if ok is None)
+    print(f"check: {len(results) - failed - skipped} passed, {failed} failed"
+          + (f", {skipped} skipped" if skipped else ""))
     return 1 if failed else 0

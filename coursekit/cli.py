@@ -40,7 +40,7 @@ def _no_reference(name):
 
 def cmd_lab(args):
     from coursekit import workspace
-    from coursekit.kernel import KERNEL_NAME, use_course_kernel
+    from coursekit.kernel import KERNEL_NAME, transport_options, use_course_kernel
 
     if _no_reference(impl_name()):
         return 2
@@ -48,7 +48,7 @@ def cmd_lab(args):
     env = dict(os.environ)
     # The kernels import coursekit (and through it model/) from this folder, with or without .venv/.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(COURSE_ROOT)) if p)
-    options = []
+    options = transport_options()
     if args.sources:  # maintainers: the nbgrader sources, nbgrader's instructor UI on
         root, start = COURSE_ROOT, "notebooks/00_start.ipynb"
     else:

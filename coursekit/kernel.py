@@ -44,14 +44,21 @@ def kernel_dir() -> Path:
 def wanted_spec() -> dict:
     """The kernel.json this checkout needs: this Python, and (in metadata, for
     `course doctor`) this course folder."""
-    return {
-        # -Xfrozen_modules=off: without it Python 3.11+ warns at every kernel
-        # start that the debugger may miss breakpoints.
-        "argv": [sys.executable, "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": DISPLAY_NAME,
-        "language": "python",
-        "metadata": {"debugger": True, "course_root": str(COURSE_ROOT)},
-    }
+    from ipykernel.kernelspec import get_kernel_dict
+    # -Xfrozen_modules=off: without it Python 3.11+ warns at every kernel start
+    # that the debugger may miss breakpoints. ipykernel's metadata declares
+    # CurveZMQ support, which `course lab` turns on (no plain-TCP warning).
+    spec = get_kernel_dict(python_arguments=["-Xfrozen_modules=off"])
+    spec["display_name"] = DISPLAY_NAME
+    spec["metadata"] = {**spec.get("metadata", {}), "course_root": str(COURSE_ROOT)}
+    return spec
+
+
+def transport_options() -> list:
+    """JupyterLab options that encrypt the kernel's connection where pyzmq can
+    (ipykernel warns at every start of a kernel over plain TCP)."""
+    import zmq
+    return ["--KernelManager.transport_encryption=auto"] if zmq.has("curve") else []
 
 
 def ensure_kernel() -> Path:
