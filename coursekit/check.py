@@ -26,6 +26,7 @@ any check fails, and ends with one line "check: N passed, M failed".
 --quick runs 1-6.
 """
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -197,7 +198,27 @@ def check_release(ctx):
     leaks = find_leaks(out)
     for leak in leaks:
         print(f"  LEAK: {leak}")
-    return not leaks
+    return not leaks and _release_behaves(out)
+
+
+def _release_behaves(out):
+    """In the release, --impl solutions and an instructor command each say in
+    one line why they cannot run; its README promises neither."""
+    ok = True
+    readme = (out / "README.md").read_text()
+    for phrase in ("course check", "solutions/", "--impl solutions"):
+        if phrase in readme:
+            print(f"  the release's README mentions {phrase!r}")
+            ok = False
+    for command, expected in ((["test", "L01", "--impl", "solutions"], "no reference solutions"),
+                              (["check"], "instructor command")):
+        run = subprocess.run([sys.executable, "-m", "coursekit", *command], cwd=out, capture_output=True,
+                             text=True, env=dict(os.environ, PYTHONPATH=str(out)))
+        if run.returncode != 2 or expected not in run.stderr:
+            print(f"  in the release, course {' '.join(command)}: exit {run.returncode}, "
+                  f"{(run.stdout + run.stderr).strip()[-300:]!r} (wanted exit 2 and {expected!r})")
+            ok = False
+    return ok
 
 
 CHECKS = [

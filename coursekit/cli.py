@@ -49,6 +49,10 @@ def cmd_lab(args):
     # The kernels import coursekit (and through it model/) from this folder, with or without .venv/.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(COURSE_ROOT)) if p)
     options = transport_options()
+    if args.sources and is_release():
+        print("course lab --sources: a student release has no source notebooks; ./course lab opens yours",
+              file=sys.stderr)
+        return 2
     if args.sources:  # maintainers: the nbgrader sources, nbgrader's instructor UI on
         root, start = COURSE_ROOT, "notebooks/00_start.ipynb"
     else:
@@ -165,10 +169,22 @@ def cmd_grade(args):
     return 0
 
 
+def _description():
+    """The command list; a student release lists only the student's commands."""
+    if not is_release():
+        return __doc__
+    return "\n".join(line for line in __doc__.splitlines()
+                     if not line.strip() or line.split()[0] not in INSTRUCTOR_ONLY)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="course", description=__doc__,
+    parser = argparse.ArgumentParser(prog="course", description=_description(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    if is_release():  # a student release hides the instructor commands from the list (main() explains them)
+        add_parser = sub.add_parser
+        sub.add_parser = lambda name, **kw: add_parser(  # argparse lists a command only if it has a help
+            name, **{k: v for k, v in kw.items() if k != "help" or name not in INSTRUCTOR_ONLY})
 
     p = sub.add_parser(
         "lab", help="open your workspace in JupyterLab (other options go to jupyter lab)",
@@ -186,7 +202,8 @@ def build_parser():
     p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("check", help="every test against the reference, plus the self-checks")
-    p.add_argument("--quick", action="store_true", help="skip the notebook and known-wrong checks")
+    p.add_argument("--quick", action="store_true",
+                   help="only checks 1-6: skip known-wrong, notebooks, release, simulated class, browser")
     p.set_defaults(func=cmd_check)
 
     sub.add_parser("doctor", help="check this machine").set_defaults(func=cmd_doctor)
