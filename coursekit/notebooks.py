@@ -100,7 +100,11 @@ def execute(nb, impl, *, allow_errors=False, timeout=300, extra_path=None):
     first failing cell unless allow_errors."""
     nb = nbformat.from_dict(nb)
     use_course_kernel()
-    client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL_NAME, allow_errors=allow_errors,
+    import zmq
+    from traitlets.config import Config
+    # An encrypted connection where pyzmq can (ipykernel warns about plain TCP at every start).
+    config = Config({"KernelManager": {"transport_encryption": "auto" if zmq.has("curve") else "disabled"}})
+    client = NotebookClient(nb, config=config, timeout=timeout, kernel_name=KERNEL_NAME, allow_errors=allow_errors,
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
     env = {ENV_VAR: impl, "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     if extra_path:

@@ -63,7 +63,8 @@ def test_standardize_sets_kernel_and_banner_once():
     assert nb.metadata.kernelspec["name"] == kernel.KERNEL_NAME
     assert notebooks.BANNER in nb.cells[0].source
     assert notebooks.standardize(nb) == [], "idempotent"
-    bare = new_notebook(cells=[new_code_cell("from coursekit.impl import Implementation\nimpl = Implementation()\nx = 1")])
+    source = "from coursekit.impl import Implementation\nimpl = Implementation()\nx = 1"
+    bare = new_notebook(cells=[new_code_cell(source)])
     notebooks.standardize(bare)
     assert bare.cells[0].source.split("\n")[2] == notebooks.BANNER, "inserted right after impl is made"
 
