@@ -132,10 +132,18 @@ def _kernel_label(driver):
     return next((label for label in labels if label), "")
 
 
-def _busy_prompts(driver):
-    return driver.execute_script(
-        "return Array.from(document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt'))"
-        ".filter(p => p.textContent.includes('*')).length")
+# JavaScript run in the page (the lab exposes itself as window.jupyterapp with
+# --LabApp.expose_app_in_browser): `w` is the current notebook if it is arguments[0].
+_CURRENT = ("const app = window.jupyterapp; let w = app && app.shell.currentWidget;"
+            "if (!w || !w.context || w.context.path !== arguments[0]) w = null;")
+# Done when the kernel is idle and every code cell has run, or one has failed
+# (JupyterLab stops "run all" at the first error).
+_FINISHED = _CURRENT + """
+if (!w || w.sessionContext.session.kernel.status !== 'idle') return false;
+const cells = w.content.widgets.filter(c => c.model.type === 'code');
+const failed = cells.some(c => c.model.outputs.toJSON().some(o => o.output_type === 'error'));
+return failed || cells.every(c => c.model.executionCount);
+"""
 
 
 def run(log=print) -> bool:
@@ -184,21 +192,20 @@ def run(log=print) -> bool:
             from coursekit.workspace import fingerprint
             if fingerprint(nbformat.read(str(target), as_version=4)) != fingerprint(answered):
                 raise Failure(f"./course lab overwrote the student's {target.name}")
-            driver.get(f"{base}/lab/tree/{target.name}")
+            # Open it in the running lab (the page would restore the start page's tab first, and
+            # "run all" acts on whichever notebook is current), then run it there.
+            driver.execute_script(f"window.jupyterapp.commands.execute('docmanager:open', {{path: {target.name!r}}})")
             _wait(f"{target.name} and its kernel", lambda: driver.execute_script(
-                "const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
-                "return !!(w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel"
-                " && w.sessionContext.session.kernel.status === 'idle')"), STARTUP_SECONDS)
+                _CURRENT + "return !!(w && w.sessionContext.session && w.sessionContext.session.kernel"
+                " && w.sessionContext.session.kernel.status === 'idle')", target.name), STARTUP_SECONDS)
             started = time.perf_counter()
             driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            time.sleep(2)
-            _wait(f"every cell of {target.name} to run", lambda: _busy_prompts(driver) == 0 and driver.execute_script(
-                "return window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'"),
-                RUN_SECONDS, every=1)
+            _wait(f"every cell of {target.name} to run (or one to fail)",
+                  lambda: driver.execute_script(_FINISHED, target.name), RUN_SECONDS, every=1)
             ran = time.perf_counter() - started
-            saved = target.stat().st_mtime
             driver.execute_script("window.jupyterapp.commands.execute('docmanager:save')")
-            _wait("the notebook to be saved", lambda: target.stat().st_mtime != saved, 30)
+            _wait("the notebook to be saved", lambda: driver.execute_script(
+                _CURRENT + "return !!w && !w.context.model.dirty", target.name), 30)
             time.sleep(1)
             nb = nbformat.read(str(target), as_version=4)
             code = [cell for cell in nb.cells if cell.cell_type == "code"]
