@@ -137,3 +137,56 @@ def test_each_benchmark_finds_coursekit_without_an_install(script):
             lines.setdefault(node.module.split(".")[0], node.lineno)
     assert "_path" in lines, f"{script} does not import _path"
     assert lines["_path"] < lines.get("coursekit", 10**9), f"{script} imports coursekit before _path"
+
+
+@pytest.fixture
+def lab_command(monkeypatch, tmp_path):
+    """What `course lab` would exec: (argv, env), the workspace in tmp_path."""
+    monkeypatch.setenv("COURSE_WORKSPACE", str(tmp_path / "workspace"))
+    monkeypatch.setattr(kernel, "use_course_kernel", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    monkeypatch.setattr(cli.os, "execve", lambda exe, argv, env: seen.update(argv=argv, env=env))
+    monkeypatch.setattr(cli.os, "chdir", lambda path: seen.update(cwd=path))
+
+    def run(*args):
+        seen.clear()
+        cli.main(["lab", *args])
+        return seen
+    return run
+
+
+def test_the_students_lab_opens_the_workspace_without_nbgrader(lab_command, tmp_path):
+    seen = lab_command("--no-browser")
+    argv, env = seen["argv"], seen["env"]
+    assert f"--ServerApp.root_dir={tmp_path / 'workspace'}" in argv and seen["cwd"] == tmp_path / "workspace"
+    assert "--LabApp.default_url=/lab/tree/00_start.ipynb" in argv
+    assert f"--MultiKernelManager.default_kernel_name={kernel.KERNEL_NAME}" in argv
+    assert argv[-1] == "--no-browser", "other options go to JupyterLab"
+    off = next(a for a in argv if a.startswith("--ServerApp.jpserver_extensions="))
+    for name in cli.NBGRADER_SERVER_EXTENSIONS:
+        assert f'"nbgrader.server_extensions.{name}": False' in off
+    assert str(cli.STUDENT_LAB_CONFIG) in env["JUPYTER_CONFIG_PATH"].split(":")
+    assert str(COURSE_ROOT) in env["PYTHONPATH"].split(":"), "kernels import coursekit from this folder"
+    assert (tmp_path / "workspace" / "00_start.ipynb").exists()
+
+
+def test_the_sources_lab_is_the_course_folder_with_nbgrader(lab_command):
+    argv = lab_command("--sources")["argv"]
+    assert f"--ServerApp.root_dir={COURSE_ROOT}" in argv
+    assert "--LabApp.default_url=/lab/tree/notebooks/00_start.ipynb" in argv
+    assert not any(a.startswith("--ServerApp.jpserver_extensions=") for a in argv)
+
+
+def test_the_student_lab_config_disables_the_installed_nbgrader_labextension():
+    import nbgrader
+    from pathlib import Path
+    disabled = json.loads((cli.STUDENT_LAB_CONFIG / "labconfig" / "page_config.json").read_text())
+    labextension = Path(nbgrader.__file__).parent / "labextension" / "package.json"
+    names = [json.loads(labextension.read_text())["name"]] if labextension.exists() else ["@jupyter/nbgrader"]
+    assert all(disabled["disabledExtensions"].get(name) is True for name in names)
+
+
+def test_in_a_release_lab_sources_is_refused(release, lab_command, capsys):
+    assert lab_command("--sources") == {}
+    assert "no source notebooks" in capsys.readouterr().err
