@@ -7,8 +7,9 @@ it (nbgrader's ClearSolutions and ClearHiddenTests, outputs cleared), made once
 and then the student's own:
 
 - a notebook that is not there yet is added (a lesson has appeared);
-- a notebook the student has is never overwritten, except when the student
-  has not changed it and the course's version has changed (nothing is lost);
+- a notebook the student has is never overwritten, except when its cells are
+  still the ones the student got, it has never been run (no outputs), and the
+  course's version has changed: then nothing is lost;
 - a notebook the student has changed, whose course version has changed too,
   is kept and reported, with the command that takes the new version
   (`course lab --refresh L03`, which first moves the student's copy to
@@ -31,7 +32,7 @@ import nbformat
 
 from coursekit import COURSE_ROOT
 from coursekit.lessons import LESSONS, find_lesson
-from coursekit.notebooks import NOTEBOOKS, load, release_version
+from coursekit.notebooks import NOTEBOOKS, has_outputs, load, release_version
 
 START = "00_start.ipynb"
 MANIFEST = ".course-workspace.json"
@@ -137,15 +138,16 @@ def sync(refresh=()) -> list:
             added.append(name)
         else:
             try:
-                mine = fingerprint(load(target))
+                theirs = load(target)
+                untouched = fingerprint(theirs) if not has_outputs(theirs) else None
             except Exception:  # unreadable: treat as the student's, never overwrite it
-                mine = None
+                untouched = None
             got = manifest.get(name)
             if got is None or got == new:
                 pass  # the student's notebook; the course's version has not changed since
-            elif mine == got:
-                _write(fresh, target)  # the student never changed it: nothing to lose
-                notes.append(f"{name}: updated to the course's new version (you had not changed it)")
+            elif untouched == got:
+                _write(fresh, target)  # the same cells as they got, never run: nothing to lose
+                notes.append(f"{name}: updated to the course's new version (you had not changed or run it)")
             else:
                 lesson = name.split("_")[0] if name != START else "start"
                 notes.append(f"{name}: the course's version has changed since you got it; yours is kept. "

@@ -77,16 +77,21 @@ def test_refresh_takes_the_new_version_and_keeps_a_backup(course):
     assert workspace.sync() == [], "after a refresh the notebook is up to date"
 
 
-def test_an_unchanged_notebook_follows_the_course_and_running_it_is_no_edit(course):
+def test_an_untouched_notebook_follows_the_course_and_a_run_one_is_kept(course):
     workspace.sync()
+    _source_notebook(course, extra=" New paragraph.")
+    notes = workspace.sync()
+    assert "New paragraph." in _mine().read_text(), "same cells, never run: nothing to lose"
+    assert "updated" in notes[0]
     nb = load(_mine())
     nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text="ran\n")]
     nb.cells[2].execution_count = 1
     nbformat.write(nb, str(_mine()))
-    _source_notebook(course, extra=" New paragraph.")
+    _source_notebook(course, extra=" Another paragraph.")
     notes = workspace.sync()
-    assert "New paragraph." in _mine().read_text()
-    assert "updated" in notes[0]
+    assert "Another paragraph." not in _mine().read_text() and "ran" in _mine().read_text(), \
+        "a notebook the student has run is theirs: kept"
+    assert "--refresh start" in notes[0]
 
 
 def test_a_deleted_notebook_comes_back_and_a_new_lesson_is_added(course, monkeypatch, tmp_path):
