@@ -190,7 +190,7 @@ def build_parser():
         "lab", help="open your workspace in JupyterLab (other options go to jupyter lab)",
         description="Open the course in JupyterLab, on your workspace: workspace/ in the course folder "
                     "(git ignores it), one notebook per lesson as a student receives it. Your notebooks are "
-                    "yours: new lessons are added, yours are never overwritten; when the course's version of "
+                    "yours: new lessons are added, one you changed or ran is never overwritten; when the course's version of "
                     "one you changed is newer, this says so, and --refresh takes it.",
         epilog="Every other option goes to JupyterLab as it is, e.g. --no-browser, --port 8890, "
                "--ServerApp.ip=0.0.0.0 (python -m jupyterlab --help-all lists them).")
