@@ -79,6 +79,7 @@ def ensure_kernel() -> Path:
             shutil.rmtree(folder, ignore_errors=True)
             folder.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(installed), folder)
+            shutil.rmtree(prefix, ignore_errors=True)
         spec_file.write_text(json.dumps(wanted_spec(), indent=1) + "\n")
     return folder
 
