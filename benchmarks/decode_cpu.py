@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+import _path  # noqa: F401  (before coursekit: the course folder on sys.path)
 from coursekit.bench import print_table
 from coursekit.impl import Implementation
 

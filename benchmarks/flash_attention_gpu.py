@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import _path  # noqa: F401  (before coursekit: the course folder on sys.path)
+
 TOKENS, WIDTH = 16384, 2048
 FIELDS = ["dtype", "head_dim", "causal", "seq_len", "batch", "heads", "mode", "method", "ms", "tflops", "max_err"]
 

@@ -64,6 +64,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: coursekit, solutions, model
 
+import _path  # noqa: F401  (before coursekit: the course folder on sys.path)
 from coursekit.bench import median_time, print_table  # noqa: E402
 from coursekit.impl import Implementation  # noqa: E402
 

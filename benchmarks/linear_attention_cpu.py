@@ -30,17 +30,15 @@ import argparse
 import csv
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the course folder, for coursekit and the packages
+import _path  # noqa: F401  (before coursekit: the course folder on sys.path)
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from coursekit.impl import Implementation  # noqa: E402
-from coursekit.testing import LargestTensorRecorder  # noqa: E402
+from coursekit.impl import Implementation
+from coursekit.testing import LargestTensorRecorder
 
 CSV_NAME, PNG_NAME = "linear_attention_cpu.csv", "linear_attention_cpu.png"
 

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import torch
 
+import _path  # noqa: F401  (before coursekit: the course folder on sys.path)
 from coursekit.bench import gpu_time, median_time, print_table
 from coursekit.impl import Implementation
 

@@ -16,6 +16,7 @@ import argparse
 
 import torch
 
+import _path  # noqa: F401  (before coursekit: the course folder on sys.path)
 from coursekit.bench import median_time, print_table
 from coursekit.impl import Implementation
 

@@ -4,6 +4,12 @@ stub generator, the self-checks and the `course` command line."""
 from pathlib import Path
 
 COURSE_ROOT = Path(__file__).resolve().parent.parent
+RELEASE_MARKER = ".course-release"  # `course release` puts it at the top of a student release
+
+
+def is_release(root=None) -> bool:
+    """Is this course folder a student release (no solutions/, no instructor tools)?"""
+    return (Path(root or COURSE_ROOT) / RELEASE_MARKER).is_file()
 
 
 def copy_coursekit(dest):

@@ -5,8 +5,9 @@ any check fails, and ends with one line "check: N passed, M failed".
 1. The tooling passes its own tests (coursekit/tests).
 2. model/ is exactly solutions/ with the solution blocks stripped.
 3. No test imports solutions/ (expected values come from coursekit.reference).
-4. Notebooks are committed without outputs; every graded test cell ends in
-   an assert.
+4. Notebooks are committed without outputs, ask for the course kernel and
+   print the implementation's path (`./course sync-notebooks`); every graded
+   test cell ends in an assert.
 5. Every test passes on the reference solutions.
 6. Every test fails on the untouched stubs (those that pass are listed).
 7. Each lesson's known-wrong implementations are caught by the suite they name.
@@ -17,8 +18,15 @@ any check fails, and ends with one line "check: N passed, M failed".
    hidden tests.
 10. A simulated class (known-wrong, looping, crashing, tampering, solution-
    stealing and vandal submissions) is graded exactly (coursekit/tests, slow).
+11. In a real browser (headless Chromium), `./course lab` opens the start page
+   on the course kernel without nbgrader's menu, a lesson notebook runs on the
+   reference with no error, and the working tree stays as it was
+   (coursekit/browser_check.py; skipped, saying why, without a browser).
+
+--quick runs 1-6.
 """
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -80,7 +88,7 @@ def check_no_solution_imports(ctx):
 
 
 def check_notebooks_clean(ctx):
-    problems = []
+    problems = [f"{problem} (fix: ./course sync-notebooks)" for problem in notebooks.sync_notebooks(check=True)]
     for path in sorted(notebooks.NOTEBOOKS.glob("*.ipynb")):
         nb = notebooks.load(path)
         if notebooks.has_outputs(nb):
@@ -173,6 +181,16 @@ def check_notebooks(ctx):
     return ok
 
 
+def check_browser(ctx):
+    """None (skipped) where no browser can run."""
+    from coursekit import browser_check
+    reason = browser_check.unavailable()
+    if reason:
+        print(f"  skipped: {reason}")
+        return None
+    return browser_check.run()
+
+
 def check_release(ctx):
     from coursekit.release import build_release, find_leaks
     out = ctx["stub_dir"] / "release"
@@ -180,20 +198,42 @@ def check_release(ctx):
     leaks = find_leaks(out)
     for leak in leaks:
         print(f"  LEAK: {leak}")
-    return not leaks
+    return not leaks and _release_behaves(out)
+
+
+def _release_behaves(out):
+    """In the release, --impl solutions and an instructor command each say in
+    one line why they cannot run; its README promises neither."""
+    ok = True
+    readme = (out / "README.md").read_text()
+    for phrase in ("course check", "solutions/", "--impl solutions"):
+        if phrase in readme:
+            print(f"  the release's README mentions {phrase!r}")
+            ok = False
+    for command, expected in ((["test", "L01", "--impl", "solutions"], "no reference solutions"),
+                              (["check"], "instructor command")):
+        run = subprocess.run([sys.executable, "-m", "coursekit", *command], cwd=out, capture_output=True,
+                             text=True, env=dict(os.environ, PYTHONPATH=str(out)))
+        if run.returncode != 2 or expected not in run.stderr:
+            print(f"  in the release, course {' '.join(command)}: exit {run.returncode}, "
+                  f"{(run.stdout + run.stderr).strip()[-300:]!r} (wanted exit 2 and {expected!r})")
+            ok = False
+    return ok
 
 
 CHECKS = [
     ("the tooling passes its own tests", check_tooling, False),
     ("model/ is solutions/ with the solution blocks stripped", check_stubs_in_sync, False),
     ("tests never import solutions/", check_no_solution_imports, False),
-    ("notebooks are committed without outputs; graded cells end in an assert", check_notebooks_clean, False),
+    ("notebooks: no outputs, the course kernel, graded cells end in an assert", check_notebooks_clean, False),
     ("every test passes on the reference solutions", check_reference_passes, False),
     ("every test fails on the untouched stubs", check_stubs_fail, False),
     ("known-wrong implementations are caught", check_known_wrong, True),
     ("notebooks run on the reference and grade full / zero", check_notebooks, True),
     ("the student release leaks no solution or hidden test", check_release, True),
     ("a simulated class is graded exactly (loops, crashes, tampering, vandals)", check_grading, True),
+    ("./course lab in a real browser: course kernel, no nbgrader menu, a lesson runs, tree clean",
+     check_browser, True),
 ]
 
 
@@ -211,13 +251,16 @@ def run_all(quick=False) -> int:
                 continue
             _header(title)
             start = time.perf_counter()
-            ok = check(ctx)
+            ok = check(ctx)  # True, False, or None: skipped (it says why)
             results.append((title, ok, time.perf_counter() - start))
-            print(f"  {'ok' if ok else 'FAILED'} ({results[-1][2]:.0f} s)", flush=True)
+            status = "skipped" if ok is None else "ok" if ok else "FAILED"
+            print(f"  {status} ({results[-1][2]:.0f} s)", flush=True)
 
     print("\nSummary")
     for title, ok, seconds in results:
-        print(f"  {'PASS' if ok else 'FAIL'}  {title}  ({seconds:.0f} s)")
-    failed = sum(1 for _, ok, _ in results if not ok)
-    print(f"check: {len(results) - failed} passed, {failed} failed")
+        print(f"  {'SKIP' if ok is None else 'PASS' if ok else 'FAIL'}  {title}  ({seconds:.0f} s)")
+    failed = sum(1 for _, ok, _ in results if ok is False)
+    skipped = sum(1 for _, ok, _ in results if ok is None)
+    print(f"check: {len(results) - failed - skipped} passed, {failed} failed"
+          + (f", {skipped} skipped" if skipped else ""))
     return 1 if failed else 0

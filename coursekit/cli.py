@@ -1,11 +1,12 @@
 """The `course` command line (run it as ./course COMMAND from the course folder).
 
-    lab                       register the kernel and open the course in JupyterLab
+    lab [--refresh L03]       open your workspace in JupyterLab (--sources: the nbgrader sources, maintainers)
     check                     all tests against the reference + the self-checks (CI runs this)
     doctor                    is this machine ready? each item OK / FAIL with a fix
     test LESSON [--advanced]  one lesson's tests against your model/ (or --impl PKG)
     progress                  which lessons' basic and advanced suites your model/ passes
     sync-stubs [--check]      regenerate model/ from solutions/ (maintainers), or check drift
+    sync-notebooks [--check]  give every notebook the course kernel and banner (maintainers)
     release OUT               build the student version into OUT and check nothing leaks (instructors)
     grade SUBMISSIONS         grade every student's model/ with the test suites (instructors)
     nbgrader ARGS             nbgrader in instructor/nbgrader, student code kept away from solutions/
@@ -15,26 +16,68 @@ import os
 import subprocess
 import sys
 
-from coursekit import COURSE_ROOT
-from coursekit.impl import impl_name
+from coursekit import COURSE_ROOT, is_release
+from coursekit.impl import NO_REFERENCE, impl_name, missing_reference
 from coursekit.lessons import LESSONS, find_lesson
 
-KERNEL_NAME = "efficient-attention"
 PASSTHROUGH = ("lab", "test", "nbgrader")  # commands that hand unknown options on (to jupyter lab, to pytest)
-START_PAGE = "notebooks/00_start.ipynb"
+INSTRUCTOR_ONLY = ("check", "sync-stubs", "sync-notebooks", "release", "grade", "nbgrader")
+STUDENT_LAB_CONFIG = COURSE_ROOT / "coursekit" / "student_lab"  # labconfig/: the nbgrader labextension off
+NBGRADER_SERVER_EXTENSIONS = ("formgrader", "validate_assignment", "assignment_list", "course_list")
 
 
 def pytest_command(*args):
     return [sys.executable, "-m", "pytest", *args]
 
 
+def _no_reference(name):
+    """In a student release, --impl solutions gets one clear line, not a traceback."""
+    if missing_reference(name):
+        print(f"course: {NO_REFERENCE}", file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_lab(args):
-    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--user", "--name", KERNEL_NAME,
-                    "--display-name", "Python (Efficient Attention)"], check=True)
-    os.chdir(COURSE_ROOT)
-    as_root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []  # containers often run as root
-    start = f"--LabApp.default_url=/lab/tree/{START_PAGE}"  # where the browser (and /) lands
-    os.execv(sys.executable, [sys.executable, "-m", "jupyterlab", start, *as_root, *args.passthrough])
+    from coursekit import workspace
+    from coursekit.kernel import KERNEL_NAME, transport_options, use_course_kernel
+
+    if _no_reference(impl_name()):
+        return 2
+    use_course_kernel()
+    env = dict(os.environ)
+    # The kernels import coursekit (and through it model/) from this folder, with or without .venv/.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(COURSE_ROOT)) if p)
+    options = transport_options()
+    if args.sources and is_release():
+        print("course lab --sources: a student release has no source notebooks; ./course lab opens yours",
+              file=sys.stderr)
+        return 2
+    if args.sources:  # maintainers: the nbgrader sources, nbgrader's instructor UI on
+        root, start = COURSE_ROOT, "notebooks/00_start.ipynb"
+    else:
+        try:
+            notes = workspace.sync(workspace.refresh_names(args.refresh or ()))
+        except ValueError as err:
+            print(f"course lab: {err}", file=sys.stderr)
+            return 2
+        for note in notes:
+            print(f"course lab: {note}", flush=True)
+        root, start = workspace.workspace_dir(), workspace.START
+        # A student's lab: nbgrader's instructor UI (menu, Create Assignment, formgrader) off,
+        # its server extensions not loaded (nor their "No nbgrader_config.py" warnings).
+        env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
+            p for p in (str(STUDENT_LAB_CONFIG), env.get("JUPYTER_CONFIG_PATH")) if p)
+        off = ", ".join(f'"nbgrader.server_extensions.{name}": False' for name in NBGRADER_SERVER_EXTENSIONS)
+        options.append(f"--ServerApp.jpserver_extensions={{{off}}}")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        options.append("--allow-root")  # containers often run as root
+    os.chdir(root)
+    command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={root}",
+               f"--LabApp.default_url=/lab/tree/{start}",  # where the browser (and /) lands
+               f"--MultiKernelManager.default_kernel_name={KERNEL_NAME}",  # for new notebooks too
+               *options, *args.passthrough]
+    os.execve(sys.executable, command, env)
 
 
 def cmd_check(args):
@@ -52,6 +95,8 @@ def cmd_test(args):
     if not lesson.available:
         print(f"{lesson.id} has no tests yet.")
         return 1
+    if _no_reference(impl_name(args.impl)):
+        return 2
     own, passthrough = split_marker_options(args.passthrough)
     suites = lesson.marker_expression("basic or advanced" if args.advanced else "basic")
     for expression in own:  # a student's -m narrows the suite further; it never replaces it
@@ -78,6 +123,8 @@ def split_marker_options(options):
 
 def cmd_progress(args):
     from coursekit.progress import show_progress
+    if _no_reference(impl_name(args.impl)):
+        return 2
     return show_progress(impl_name(args.impl))
 
 
@@ -95,6 +142,19 @@ def cmd_sync_stubs(args):
         return 1 if problems else 0
     changed = stubs.write_stubs()
     print(f"model/: {', '.join(changed)}" if changed else "model/ already in sync")
+    return 0
+
+
+def cmd_sync_notebooks(args):
+    from coursekit.notebooks import sync_notebooks
+    changes = sync_notebooks(check=args.check)
+    for change in changes:
+        print(f"  {change}")
+    if args.check:
+        print("notebooks/ have the course kernel and banner" if not changes
+              else "notebooks/ need it: run ./course sync-notebooks")
+        return 1 if changes else 0
+    print(f"updated {len(changes)} item(s)" if changes else "notebooks/ already in sync")
     return 0
 
 
@@ -127,16 +187,41 @@ def cmd_grade(args):
     return 0
 
 
+def _description():
+    """The command list; a student release lists only the student's commands."""
+    if not is_release():
+        return __doc__
+    return "\n".join(line for line in __doc__.splitlines()
+                     if not line.strip() or line.split()[0] not in INSTRUCTOR_ONLY)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="course", description=__doc__,
+    parser = argparse.ArgumentParser(prog="course", description=_description(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    if is_release():  # a student release hides the instructor commands from the list (main() explains them)
+        add_parser = sub.add_parser
+        sub.add_parser = lambda name, **kw: add_parser(  # argparse lists a command only if it has a help
+            name, **{k: v for k, v in kw.items() if k != "help" or name not in INSTRUCTOR_ONLY})
 
-    p = sub.add_parser("lab", help="open the course in JupyterLab (other options go to jupyter lab)")
+    p = sub.add_parser(
+        "lab", help="open your workspace in JupyterLab (other options go to jupyter lab)",
+        description="Open the course in JupyterLab, on your workspace: workspace/ in the course folder "
+                    "(git ignores it), one notebook per lesson as a student receives it. Your notebooks are "
+                    "yours: new lessons are added, one you changed or ran is never overwritten; when the course's version of "
+                    "one you changed is newer, this says so, and --refresh takes it.",
+        epilog="Every other option goes to JupyterLab as it is, e.g. --no-browser, --port 8890, "
+               "--ServerApp.ip=0.0.0.0 (python -m jupyterlab --help-all lists them).")
+    p.add_argument("--refresh", nargs="+", metavar="LESSON",
+                   help="replace these notebooks (L03, start, all) by the course's current version; "
+                        "yours move to workspace/backups/ first")
+    p.add_argument("--sources", action="store_true",
+                   help="maintainers: open the nbgrader source notebooks (answers, hidden tests) instead")
     p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("check", help="every test against the reference, plus the self-checks")
-    p.add_argument("--quick", action="store_true", help="skip the notebook and known-wrong checks")
+    p.add_argument("--quick", action="store_true",
+                   help="only checks 1-6: skip known-wrong, notebooks, release, simulated class, browser")
     p.set_defaults(func=cmd_check)
 
     sub.add_parser("doctor", help="check this machine").set_defaults(func=cmd_doctor)
@@ -158,6 +243,10 @@ def build_parser():
     p = sub.add_parser("sync-stubs", help="regenerate model/ from solutions/ (overwrites model/!)")
     p.add_argument("--check", action="store_true", help="only report drift; exit 1 if any")
     p.set_defaults(func=cmd_sync_stubs)
+
+    p = sub.add_parser("sync-notebooks", help="give every notebook the course kernel and banner (maintainers)")
+    p.add_argument("--check", action="store_true", help="only report; exit 1 if a notebook needs it")
+    p.set_defaults(func=cmd_sync_notebooks)
 
     p = sub.add_parser("release", help="build the student version of the course into OUT")
     p.add_argument("out")
@@ -189,6 +278,11 @@ def main(argv=None):
     if not args.command:
         parser.print_help()
         return 0
+    if args.command in INSTRUCTOR_ONLY and is_release():
+        print(f"course {args.command}: an instructor command; this student release of the course has no "
+              "solutions/ or instructor tools. Run it in the instructor's course repository. "
+              "Your commands: ./course help", file=sys.stderr)
+        return 2
     return args.func(args) or 0
 
 

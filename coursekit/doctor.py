@@ -65,6 +65,11 @@ def check_model():
     return True, str(COURSE_ROOT / "model"), ""
 
 
+def check_kernel():
+    from coursekit.kernel import check_kernel as kernel_points_here
+    return kernel_points_here()
+
+
 CHECKS = [
     ("python", check_python),
     ("torch", lambda: _package("torch", "torch", "./course reinstalls it; or: pip install -c constraints.txt torch")),
@@ -74,6 +79,7 @@ CHECKS = [
     ("pytest", lambda: _package("pytest", "pytest", "pip install -c constraints.txt pytest")),
     ("gpu", check_gpu),
     ("model/", check_model),
+    ("kernel", check_kernel),
 ]
 
 

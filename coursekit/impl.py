@@ -10,17 +10,28 @@ They ask for an implementation package chosen at run time:
 Any importable package with model/'s module names can be graded this way.
 """
 import importlib
+import importlib.util
 import os
 import sys
 
-from coursekit import COURSE_ROOT
+from coursekit import COURSE_ROOT, is_release
 
 DEFAULT_IMPL = "model"
 ENV_VAR = "COURSE_IMPL"
 
 
+REFERENCE = "solutions"
+NO_REFERENCE = ("this is the student release of the course: it has no reference solutions, so "
+                f"--impl {REFERENCE} / {ENV_VAR}={REFERENCE} cannot run here. Leave both unset to use your model/.")
+
+
 def impl_name(explicit=None) -> str:
     return explicit or os.environ.get(ENV_VAR) or DEFAULT_IMPL
+
+
+def missing_reference(name) -> bool:
+    """True when `name` asks for the reference in a student release."""
+    return REFERENCE in str(name).split(",") and is_release()
 
 
 def _ensure_course_root_importable():
@@ -39,6 +50,8 @@ class Implementation:
     def module(self, module: str):
         _ensure_course_root_importable()
         qualified = f"{self.name}.{module}"
+        if missing_reference(self.name):
+            raise ModuleNotFoundError(NO_REFERENCE, name=qualified)
         try:
             return importlib.import_module(qualified)
         except ModuleNotFoundError as err:
@@ -49,6 +62,18 @@ class Implementation:
                 f"(set --impl / ${ENV_VAR}; the course's own packages are 'model' and 'solutions')",
                 name=qualified,
             ) from err
+
+    @property
+    def path(self) -> str:
+        """The folder the package is imported from (notebook banners print it)."""
+        _ensure_course_root_importable()
+        if missing_reference(self.name):
+            raise ModuleNotFoundError(NO_REFERENCE, name=self.name)
+        spec = importlib.util.find_spec(self.name)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(f"no implementation package {self.name!r} (set --impl / ${ENV_VAR})",
+                                      name=self.name)
+        return list(spec.submodule_search_locations)[0]
 
     def __getattr__(self, module: str):
         if module.startswith("_"):

@@ -14,8 +14,14 @@ from nbclient import NotebookClient
 
 from coursekit import COURSE_ROOT
 from coursekit.impl import ENV_VAR
+from coursekit.kernel import KERNEL_NAME, KERNELSPEC, use_course_kernel
 
 NOTEBOOKS = COURSE_ROOT / "notebooks"
+# The banner (first code cell) names the implementation and the folder it is
+# imported from, so a notebook cannot silently run another checkout's model/.
+NAME_FIELD, PATH_FIELD = "{impl.name}", "{impl.path}"
+BANNER_START = "implementation under test: " + NAME_FIELD
+BANNER = f'print(f"{BANNER_START} ({PATH_FIELD})")'
 
 
 def load(path):
@@ -25,6 +31,41 @@ def load(path):
 def has_outputs(nb) -> bool:
     return any(cell.get("outputs") or cell.get("execution_count")
                for cell in nb.cells if cell.cell_type == "code")
+
+
+def standardize(nb) -> list:
+    """Give a notebook the course's frame, in place: the course kernel in its
+    metadata, and the banner line in its first code cell (after the line that
+    makes `impl`). Idempotent; returns what it changed (empty: nothing)."""
+    changes = []
+    if dict(nb.metadata.get("kernelspec", {})) != KERNELSPEC:
+        nb.metadata["kernelspec"] = dict(KERNELSPEC)
+        changes.append(f"kernelspec -> {KERNEL_NAME}")
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    if code and "Implementation(" in code[0].source and PATH_FIELD not in code[0].source:
+        lines = code[0].source.split("\n")
+        named = [i for i, line in enumerate(lines) if BANNER_START in line]
+        if named:  # the banner exists: add the path after the name
+            lines[named[0]] = lines[named[0]].replace(NAME_FIELD, f"{NAME_FIELD} ({PATH_FIELD})", 1)
+        else:
+            at = next((i for i, line in enumerate(lines) if "= Implementation(" in line), len(lines) - 1)
+            lines.insert(at + 1, BANNER)
+        code[0].source = "\n".join(lines)
+        changes.append("banner prints the implementation's path")
+    return changes
+
+
+def sync_notebooks(check=False) -> list:
+    """Apply `standardize` to every notebook in notebooks/ (or, with check,
+    only report). Returns ["<file>: <change>", ...]."""
+    problems = []
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        nb = load(path)
+        changes = standardize(nb)
+        problems += [f"notebooks/{path.name}: {change}" for change in changes]
+        if changes and not check:
+            nbformat.write(nb, str(path))
+    return problems
 
 
 def release_version(nb):
@@ -58,7 +99,12 @@ def execute(nb, impl, *, allow_errors=False, timeout=300, extra_path=None):
     Returns the executed copy; raises nbclient's CellExecutionError on the
     first failing cell unless allow_errors."""
     nb = nbformat.from_dict(nb)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+    use_course_kernel()
+    import zmq
+    from traitlets.config import Config
+    # An encrypted connection where pyzmq can (ipykernel warns about plain TCP at every start).
+    config = Config({"KernelManager": {"transport_encryption": "auto" if zmq.has("curve") else "disabled"}})
+    client = NotebookClient(nb, config=config, timeout=timeout, kernel_name=KERNEL_NAME, allow_errors=allow_errors,
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
     env = {ENV_VAR: impl, "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     if extra_path:

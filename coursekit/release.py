@@ -2,12 +2,15 @@
 
     ./course release OUT
 
-OUT gets the course as a student should see it: model/ stubs (generated from
+OUT gets the course as a student should see it: its own README (the student's
+commands, from instructor/student-README.md), model/ stubs (generated from
 solutions/), the visible test suites (no known-wrong implementations), the
 lesson texts, the tooling, and the lesson notebooks as produced by
 `nbgrader generate_assignment` in the instructor's nbgrader course folder
 (instructor/nbgrader/: answers replaced by stubs, hidden tests removed, graded
 cells locked and checksummed in its gradebook, which autograding uses later).
+A marker file (.course-release) tells the tooling it runs in a release:
+instructor commands and `--impl solutions` then say why they cannot run.
 
 The leak check then reads every file of OUT and fails if it finds a solution
 marker, a hidden-test marker, or any line of a solution block or hidden test.
@@ -22,11 +25,12 @@ from pathlib import Path
 
 import nbformat
 
-from coursekit import COURSE_ROOT, copy_coursekit, stubs
+from coursekit import COURSE_ROOT, RELEASE_MARKER, copy_coursekit, stubs
 from coursekit.lessons import lesson_folders
 
 NBGRADER_DIR = COURSE_ROOT / "instructor" / "nbgrader"
-COPIED = ("README.md", "course", "pyproject.toml", "constraints.txt", "environment.yml", "conftest.py",
+STUDENT_README = COURSE_ROOT / "instructor" / "student-README.md"
+COPIED = ("course", "pyproject.toml", "constraints.txt", "environment.yml", "conftest.py",
           ".gitignore", "tutorial", "benchmarks")
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
 MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION", "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")
@@ -38,7 +42,9 @@ def nbgrader(*args, check=True, course_dir=None):
     `course_dir`). Kernels it starts import the tooling from a copy without
     solutions/ next to it, so student code cannot reach the reference through
     coursekit."""
+    from coursekit.kernel import jupyter_env, use_course_kernel
     course_dir = Path(course_dir or NBGRADER_DIR)
+    use_course_kernel()  # the notebooks ask for it by name
     with tempfile.TemporaryDirectory(prefix="nbgrader-path-") as tmp:
         copy_coursekit(tmp)
         if args and args[0] == "autograde" and (course_dir / "submitted").is_dir():
@@ -47,7 +53,7 @@ def nbgrader(*args, check=True, course_dir=None):
             snapshot = Path(tmp) / "submitted"
             shutil.copytree(course_dir / "submitted", snapshot)
             args = (*args, f"--CourseDirectory.submitted_directory={snapshot}")
-        env = dict(os.environ, PYTHONPATH=tmp,
+        env = dict(jupyter_env(), PYTHONPATH=tmp,
                    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
         return subprocess.run([sys.executable, "-m", "nbgrader", *args, "--log-level=WARN"],
                               cwd=course_dir, env=env, check=check).returncode
@@ -62,10 +68,22 @@ def generate_assignment(lesson) -> Path:
     return NBGRADER_DIR / "release" / lesson.id / lesson.notebook.name
 
 
+def student_readme() -> str:
+    """The release's README: instructor/student-README.md with the lesson
+    table of the course's README (one table to keep up to date)."""
+    text = (COURSE_ROOT / "README.md").read_text()
+    match = re.search(r"^## Lessons\n.*?(?=^## )", text, re.DOTALL | re.MULTILINE)
+    lessons = match.group(0).strip() if match else ""
+    return STUDENT_README.read_text().replace("{lessons}", lessons)
+
+
 def build_release(out: Path):
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty")
     out.mkdir(parents=True, exist_ok=True)
+    (out / "README.md").write_text(student_readme())
+    (out / RELEASE_MARKER).write_text("A student release of the course (./course release): no solutions/, "
+                                      "no instructor commands.\n")
     for name in COPIED:
         source = COURSE_ROOT / name
         if source.is_dir():
