@@ -257,3 +257,69 @@ def module_chain_ref(modules, x, grad_out=None):
     out.backward(torch.ones_like(out) if grad_out is None else grad_out.detach().to(torch.float64))
     grads = [(p, c.grad) for m, mc in zip(modules, copies) for p, c in zip(m.parameters(), mc.parameters())]
     return out.detach(), x.grad, grads
+
+
+# --- L09 RoPE, RMSNorm and the Hugging Face decoders ---
+def rope_rotate_ref(x, positions, base=10000.0):
+    """RoPE as complex multiplication, in float64: pair i of a head is the complex
+    number z_i = x_i + 1j * x_{i + D/2} (rotate-half pairing), and position p turns
+    it by exp(1j * p * theta_i), theta_i = base^(-2i/D). x (..., L, D), positions
+    int (L,) or broadcasting against x's (..., L). Returns float64 (..., L, D)."""
+    x = x.detach().to(torch.float64)
+    half = x.shape[-1] // 2
+    theta = base ** (-torch.arange(half, dtype=torch.float64, device=x.device) * 2 / x.shape[-1])  # (D/2,)
+    angle = torch.as_tensor(positions, device=x.device).to(torch.float64)[..., None] * theta  # (..., L, D/2)
+    z = torch.complex(x[..., :half], x[..., half:]) * torch.polar(torch.ones_like(angle), angle)
+    return torch.cat([z.real, z.imag], dim=-1)
+
+
+def rope_interleaved_to_half(w, num_heads):
+    """Permute the rows of a q/k projection (num_heads * D, in) written for the
+    interleaved (Meta / complex) RoPE layout, pairs (2i, 2i+1), into the
+    rotate-half layout, pairs (i, i + D/2): per head, rows 0, 2, 4, ... then 1, 3, 5, ...
+    (the permutation Hugging Face's Llama conversion script applies)."""
+    rows, cols = w.shape
+    d = rows // num_heads
+    return w.view(num_heads, d // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def rms_norm_ref(x, weight=None, eps=1e-6):
+    """weight * x / sqrt(mean(x^2) + eps) over the last dim, in float64."""
+    x = x.detach().to(torch.float64)
+    y = x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps)
+    return y if weight is None else y * weight.detach().to(torch.float64)
+
+
+def hf_exact(hf_model):
+    """Make a float64 Hugging Face Llama/Mistral compute in float64 throughout.
+
+    By design Hugging Face rounds two things to float32 even in a float64 model:
+    the RoPE angles (LlamaRotaryEmbedding casts positions and inv_freq with
+    .float()) and the RMSNorm statistics (LlamaRMSNorm casts to float32), so its
+    float64 logits are only float32-accurate. This replaces those two forwards,
+    on this model's instances only, with the same formulas in the model's dtype;
+    attention, masks, positions, caches and generation stay Hugging Face's.
+    Returns the model."""
+    import types
+
+    def rms_forward(self, hidden_states):
+        x = hidden_states
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.variance_epsilon))
+
+    def rotary_forward(self, x, position_ids):
+        config = self.config
+        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        base = config.rope_parameters["rope_theta"]
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64, device=x.device) / dim))
+        freqs = position_ids[..., None].to(torch.float64) * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+    for module in hf_model.modules():
+        name = type(module).__name__
+        if name.endswith("RMSNorm"):
+            module.forward = types.MethodType(rms_forward, module)
+        elif name.endswith("RotaryEmbedding"):
+            module.forward = types.MethodType(rotary_forward, module)
+    return hf_model
