@@ -323,3 +323,42 @@ def hf_exact(hf_model):
         elif name.endswith("RotaryEmbedding"):
             module.forward = types.MethodType(rotary_forward, module)
     return hf_model
+
+
+def hf_decoder(vocab_size=61, hidden_size=36, intermediate_size=52, num_layers=2, num_heads=6, num_kv_heads=2,
+               sliding_window=None, tie_word_embeddings=False, rope_theta=10000.0, rms_norm_eps=1e-6,
+               seed=0, dtype=torch.float64, exact=True):
+    """A small Hugging Face decoder with seeded random weights; nothing is downloaded.
+
+    MistralForCausalLM when sliding_window is set, else LlamaForCausalLM; SDPA
+    attention (Hugging Face's eager path gives NaN for left-padded float64 rows).
+    Weights are drawn in float32 (so the float32 and float64 models hold the
+    same values): projections N(0, 1/fan_in), q and k twice that scale so
+    attention is peaked and a wrong position or mask shows; norm weights
+    1 + N(0, 0.2^2). exact=True applies hf_exact (float64 everywhere) to a float64
+    model. Returns the model in eval mode."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    kw = dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+              num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+              tie_word_embeddings=tie_word_embeddings, rope_theta=rope_theta, rms_norm_eps=rms_norm_eps,
+              max_position_embeddings=4096, attn_implementation="sdpa")
+    if sliding_window is None:
+        model = LlamaForCausalLM(LlamaConfig(**kw))
+    else:
+        model = MistralForCausalLM(MistralConfig(sliding_window=sliding_window, **kw))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                scale = 2.0 if name.endswith(("q_proj.weight", "k_proj.weight")) else 1.0
+                p.copy_(torch.randn(p.shape, generator=gen) * scale / math.sqrt(p.shape[1]))
+            else:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+    model = model.to(dtype).eval()
+    if exact and dtype == torch.float64:
+        hf_exact(model)
+    return model
