@@ -188,6 +188,31 @@ def test_padded_batch_matches_hugging_face(impl, name, side):
                  hint=POSITION_HINT + "; padding keys must be masked (attention_mask over all keys)")
 
 
+def test_positions_count_real_tokens_only(impl):
+    """A mask with holes (a packed or middle-padded row): positions skip the holes.
+
+    Left padding alone cannot show this: it shifts a whole row by a constant,
+    and RoPE scores depend only on differences. Holes change the differences.
+    Hugging Face's forward takes positions from position_ids (generate computes
+    cumsum(mask) - 1), so the reference passes them explicitly."""
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1]])
+    ids = token_ids(2, 11).masked_fill(mask == 0, 0)
+    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+    hf = hf_decoder(**CONFIGS["gqa_llama3_base"])
+    with torch.no_grad():
+        reference = hf(ids, attention_mask=mask, position_ids=positions).logits
+    model = ours(impl, hf)
+    caches = model.new_caches(2, 11)
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask)
+        chunked = torch.cat([model(ids[:, :4], attention_mask=mask[:, :4], caches=caches),
+                             model(ids[:, 4:], attention_mask=mask, caches=caches)], dim=1)
+    real = mask.bool()
+    for what, got in (("one forward", full), ("prefill + chunk", chunked)):
+        assert_close(got[real], reference[real], what=f"logits with holes in attention_mask ({what})",
+                     hint=POSITION_HINT + "; column indices count the padding")
+
+
 def test_state_dict_names_are_hugging_face_names(impl):
     hf = hf_decoder(**CONFIGS["gqa_llama3_base"])
     model = ours(impl, hf)
