@@ -38,18 +38,23 @@ from coursekit.impl import Implementation
 from coursekit.reference import hf_decoder
 
 
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def run_once(step_fn, prefill_fn, prompt, N):
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     logits = prefill_fn(prompt)
-    torch.cuda.synchronize()
+    sync()
     prefilled = time.perf_counter()
     token = logits[:, -1:].argmax(-1)
     out = [token]
     for _ in range(N - 1):
         token = step_fn(token)[:, -1:].argmax(-1)
         out.append(token)
-    torch.cuda.synchronize()
+    sync()
     return prefilled - start, time.perf_counter() - prefilled, torch.cat(out, 1)
 
 
@@ -66,17 +71,19 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--backend", default="triton", choices=["triton", "reference"])
+    parser.add_argument("--device", default="cuda", help="cuda; 'cpu' only for a smoke test of the script itself")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("decoder_gpu.py needs a CUDA GPU (benchmarks/decoder_cpu.py runs on the CPU)")
     impl = Implementation(args.impl)
-    device = "cuda"
+    device = args.device
     hf = hf_decoder(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3 // 8 * 8,
                     num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads, dtype=torch.bfloat16)
     hf = hf.to(device)
     ours = impl.decoder.Decoder.from_hf(hf).eval().set_attention_backend(args.backend)
-    print(f"implementation {impl.name}, {torch.cuda.get_device_name()}, torch {torch.__version__}; "
+    name = torch.cuda.get_device_name() if device == "cuda" else device
+    print(f"implementation {impl.name}, {name}, torch {torch.__version__}; "
           f"{args.layers} layers, hidden {args.hidden}, {args.heads} heads, {args.kv_heads} kv heads, bfloat16; "
           f"ours: {args.backend} attention, HF: {hf.config._attn_implementation}")
     from transformers import DynamicCache
