@@ -229,14 +229,15 @@ def test_forward_rejects_bad_input_and_leaves_caches_alone(impl):
     ids = torch.randint(0, 40, (2, 5))
     assert_rejects(lambda: model(ids.float()), "input_ids")
     assert_rejects(lambda: model(ids + 40), "input_ids", "vocab_size")
-    assert_rejects(lambda: model(ids, attention_mask=torch.ones(2, 4, dtype=torch.long)), "attention_mask")
+    assert_rejects(lambda: model(ids, attention_mask=torch.ones(2, 4, dtype=torch.long)), "attention_mask",
+                   "key_padding_mask")
     caches = model.new_caches(2, 8)
     with torch.no_grad():
         model(ids, caches=caches)
     before = [c.seq_len for c in caches]
     assert_rejects(lambda: model(ids, caches=caches), "caches", "cache")  # 5 + 5 > 8 positions
     assert_rejects(lambda: model(ids[:, :1], attention_mask=torch.ones(2, 1, dtype=torch.long), caches=caches),
-                   "attention_mask")  # must cover the 5 cached tokens too
+                   "attention_mask", "key_padding_mask")  # must cover the 5 cached tokens too
     assert_rejects(lambda: model(ids[:, :1], caches=caches[:1]), "caches")
     assert [c.seq_len for c in caches] == before, f"a rejected call changed the caches' seq_len: {before} -> " \
                                                   f"{[c.seq_len for c in caches]}"
