@@ -84,6 +84,7 @@ LESSONS = (
     Lesson("L06_gqa", "Multi-query and grouped-query attention", ("gqa",)),
     Lesson("L07_sliding_window", "Sliding-window attention", ("sliding_window",)),
     Lesson("L08_fused_ops", "Fused ops with recomputation", ("fused_ops", "fused_ops_triton")),
+    Lesson("L09_rope_decoder", "RoPE and a Llama-shaped decoder", ("rope", "decoder")),
     Lesson("L10_decode_attention", "Decode attention: split-KV and GQA packing",
            ("decode_attention", "decode_attention_triton")),
     Lesson("L13_linear_attention", "Linear attention: parallel, recurrent and chunked", ("linear_attention",)),

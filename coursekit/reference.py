@@ -312,3 +312,106 @@ def linear_attention_ref(q, k, v, causal=True, feature_map=None, eps=1e-6, decay
         gamma = torch.as_tensor(decay, dtype=torch.float64, device=q.device).reshape(1, -1, 1, 1)
         weights = weights * gamma ** distance
     return torch.einsum("bhqk,bhkd->bhqd", weights, v) / (weights.sum(-1, keepdim=True) + eps)
+# --- L09 RoPE, RMSNorm and the Hugging Face decoders ---
+def rope_rotate_ref(x, positions, base=10000.0):
+    """RoPE as complex multiplication, in float64: pair i of a head is the complex
+    number z_i = x_i + 1j * x_{i + D/2} (rotate-half pairing), and position p turns
+    it by exp(1j * p * theta_i), theta_i = base^(-2i/D). x (..., L, D), positions
+    int (L,) or broadcasting against x's (..., L). Returns float64 (..., L, D)."""
+    x = x.detach().to(torch.float64)
+    half = x.shape[-1] // 2
+    theta = base ** (-torch.arange(half, dtype=torch.float64, device=x.device) * 2 / x.shape[-1])  # (D/2,)
+    angle = torch.as_tensor(positions, device=x.device).to(torch.float64)[..., None] * theta  # (..., L, D/2)
+    z = torch.complex(x[..., :half], x[..., half:]) * torch.polar(torch.ones_like(angle), angle)
+    return torch.cat([z.real, z.imag], dim=-1)
+
+
+def rope_interleaved_to_half(w, num_heads):
+    """Permute the rows of a q/k projection (num_heads * D, in) written for the
+    interleaved (Meta / complex) RoPE layout, pairs (2i, 2i+1), into the
+    rotate-half layout, pairs (i, i + D/2): per head, rows 0, 2, 4, ... then 1, 3, 5, ...
+    (the permutation Hugging Face's Llama conversion script applies)."""
+    rows, cols = w.shape
+    d = rows // num_heads
+    return w.view(num_heads, d // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def rms_norm_ref(x, weight=None, eps=1e-6):
+    """weight * x / sqrt(mean(x^2) + eps) over the last dim, in float64."""
+    x = x.detach().to(torch.float64)
+    y = x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps)
+    return y if weight is None else y * weight.detach().to(torch.float64)
+
+
+def hf_exact(hf_model):
+    """Make a float64 Hugging Face Llama/Mistral compute in float64 throughout.
+
+    By design Hugging Face rounds two things to float32 even in a float64 model:
+    the RoPE angles (LlamaRotaryEmbedding casts positions and inv_freq with
+    .float()) and the RMSNorm statistics (LlamaRMSNorm casts to float32), so its
+    float64 logits are only float32-accurate. This replaces those two forwards,
+    on this model's instances only, with the same formulas in the model's dtype;
+    attention, masks, positions, caches and generation stay Hugging Face's.
+    Returns the model."""
+    import types
+
+    def rms_forward(self, hidden_states):
+        x = hidden_states
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.variance_epsilon))
+
+    def rotary_forward(self, x, position_ids):
+        config = self.config
+        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        base = config.rope_parameters["rope_theta"]
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64, device=x.device) / dim))
+        freqs = position_ids[..., None].to(torch.float64) * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+    for module in hf_model.modules():
+        name = type(module).__name__
+        if name.endswith("RMSNorm"):
+            module.forward = types.MethodType(rms_forward, module)
+        elif name.endswith("RotaryEmbedding"):
+            module.forward = types.MethodType(rotary_forward, module)
+    return hf_model
+
+
+def hf_decoder(vocab_size=61, hidden_size=36, intermediate_size=52, num_layers=2, num_heads=6, num_kv_heads=2,
+               sliding_window=None, tie_word_embeddings=False, rope_theta=10000.0, rms_norm_eps=1e-6,
+               seed=0, dtype=torch.float64, exact=True):
+    """A small Hugging Face decoder with seeded random weights; nothing is downloaded.
+
+    MistralForCausalLM when sliding_window is set, else LlamaForCausalLM; SDPA
+    attention (Hugging Face's eager path gives NaN for left-padded float64 rows).
+    Weights are drawn in float32 (so the float32 and float64 models hold the
+    same values): projections N(0, 1/fan_in), q and k twice that scale so
+    attention is peaked and a wrong position or mask shows; norm weights
+    1 + N(0, 0.2^2). exact=True applies hf_exact (float64 everywhere) to a float64
+    model. Returns the model in eval mode."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    kw = dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+              num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+              tie_word_embeddings=tie_word_embeddings, rope_theta=rope_theta, rms_norm_eps=rms_norm_eps,
+              max_position_embeddings=4096, attn_implementation="sdpa")
+    if sliding_window is None:
+        model = LlamaForCausalLM(LlamaConfig(**kw))
+    else:
+        model = MistralForCausalLM(MistralConfig(sliding_window=sliding_window, **kw))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                scale = 2.0 if name.endswith(("q_proj.weight", "k_proj.weight")) else 1.0
+                p.copy_(torch.randn(p.shape, generator=gen) * scale / math.sqrt(p.shape[1]))
+            else:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+    model = model.to(dtype).eval()
+    if exact and dtype == torch.float64:
+        hf_exact(model)
+    return model

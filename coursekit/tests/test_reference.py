@@ -173,3 +173,41 @@ def test_tiny_decoder_ref_matches_a_forward_through_torch_modules():
         want_row1 = forward(ids[1:, 2:], torch.arange(5)[None], None)
         torch.testing.assert_close(got[1:, 2:], want_row1)
         torch.testing.assert_close(got[:1], forward(ids[:1], torch.arange(7)[None], None))
+
+
+# --- L09 ---
+def test_rope_rotate_ref_is_a_2d_rotation_of_each_pair():
+    from coursekit.reference import rope_rotate_ref
+    x = randn(2, 5, 6, seed=20, dtype=torch.float64)
+    pos = torch.arange(5) * 7
+    out = rope_rotate_ref(x, pos, base=100.0)
+    for i in range(3):
+        angle = pos.double() * 100.0 ** (-2 * i / 6)
+        c, s = angle.cos(), angle.sin()
+        torch.testing.assert_close(out[..., i], x[..., i] * c - x[..., i + 3] * s)
+        torch.testing.assert_close(out[..., i + 3], x[..., i] * s + x[..., i + 3] * c)
+
+
+def test_rope_interleaved_to_half_orders_even_then_odd_rows_per_head():
+    from coursekit.reference import rope_interleaved_to_half
+    w = torch.arange(8.0)[:, None].expand(8, 3)  # 2 heads of D = 4: rows 0..7
+    assert rope_interleaved_to_half(w, 2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+
+
+def test_rms_norm_ref_matches_the_formula():
+    from coursekit.reference import rms_norm_ref
+    x = randn(3, 8, seed=21, dtype=torch.float64) + 2
+    w = randn(8, seed=22, dtype=torch.float64)
+    torch.testing.assert_close(rms_norm_ref(x, w, 1e-2), w * x / (x.pow(2).mean(-1, keepdim=True) + 1e-2).sqrt())
+
+
+def test_hf_exact_removes_hugging_faces_float32_rounding():
+    from coursekit.reference import hf_decoder
+    ids = torch.randint(0, 61, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact = hf_decoder(num_kv_heads=2)(ids).logits
+        plain = hf_decoder(num_kv_heads=2, exact=False)(ids).logits  # float64 weights, float32 RoPE and RMSNorm
+        hf32 = hf_decoder(num_kv_heads=2, dtype=torch.float32)(ids).logits
+    assert exact.dtype == torch.float64
+    assert 1e-9 < (plain - exact).abs().max() < 1e-4, "without hf_exact the float64 model is float32-accurate"
+    torch.testing.assert_close(hf32.double(), exact, atol=1e-5, rtol=1.3e-6)
