@@ -386,3 +386,88 @@ def test_rejects_bad_input(impl):
     assert_rejects(lambda: pk.paged_attention(q, k_pages, k_pages, tables, torch.tensor([1, 3])), "seq_lens")
     assert_rejects(lambda: pk.paged_attention(q, k_pages, k_pages, tables.float(), lens), "block_tables")
     assert_rejects(lambda: pk.paged_attention(q, k_pages, k_pages, torch.full((2, 1), 7), lens), "block")
+
+
+# ------------------------------------------------------------------ engine --
+
+def tiny_model(impl, dtype=torch.float64, num_kv_heads=2, seed=0):
+    dec = impl.decoder
+    torch.manual_seed(seed)
+    config = dec.DecoderConfig(vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                               num_kv_heads=num_kv_heads)
+    return dec.Decoder(config).to(dtype).eval()
+
+
+def prompts_and_lengths(seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, 61, (n,), generator=gen) for n in (5, 1, 12, 7, 3, 9)]
+    return prompts, [6, 9, 3, 0, 12, 5]
+
+
+def alone(impl, model, prompt, n):
+    return impl.decoder.generate(model, prompt[None], n)[0]
+
+
+@pytest.mark.parametrize("num_blocks, max_batch", [(64, 4), (64, 1), (6, 3)],
+                         ids=["roomy", "one_at_a_time", "tight_pool"])
+def test_engine_equals_generating_each_request_alone(impl, num_blocks, max_batch):
+    model = tiny_model(impl)
+    prompts, news = prompts_and_lengths()
+    cache = impl.paged_kv_cache.PagedKVCache(2, num_blocks, 4, 2, 8, dtype=torch.float64)
+    engine = impl.serving.Engine(model, cache, max_batch_size=max_batch)
+    ids = [engine.add_request(p, n) for p, n in zip(prompts[:3], news[:3])]
+    for _ in range(4):                                   # three requests are under way when the rest arrive
+        engine.step()
+    ids += [engine.add_request(p, n) for p, n in zip(prompts[3:], news[3:])]
+    out = engine.run()
+    assert sorted(out) == sorted(ids), f"run() must return every request id once, got {sorted(out)} for {sorted(ids)}"
+    for rid, prompt, n in zip(ids, prompts, news):
+        want = alone(impl, model, prompt, n)
+        got = out[rid]
+        assert torch.equal(got.cpu(), want.cpu()), (
+            f"request {rid} (prompt {len(prompt)} tokens, {n} new, pool {num_blocks} blocks, batch {max_batch}): "
+            f"engine gave {got.tolist()}, generate alone gives {want.tolist()}; each sequence decodes at its OWN "
+            f"position (its length so far), writes its key/value before attending, and reads only its own blocks")
+    assert cache.num_free_blocks == num_blocks, (
+        f"after every request finished {num_blocks - cache.num_free_blocks} blocks are still taken: a finished (or "
+        f"preempted) request must free its blocks")
+
+
+def test_engine_float32_gqa_and_mqa(impl):
+    for kv_heads in (2, 1):
+        model = tiny_model(impl, dtype=torch.float32, num_kv_heads=kv_heads, seed=3)
+        prompts, news = prompts_and_lengths(seed=4)
+        cache = impl.paged_kv_cache.PagedKVCache(2, 40, 3, kv_heads, 8)
+        engine = impl.serving.Engine(model, cache, max_batch_size=6)
+        ids = [engine.add_request(p, n) for p, n in zip(prompts, news)]
+        out = engine.run()
+        for rid, prompt, n in zip(ids, prompts, news):
+            assert torch.equal(out[rid].cpu(), alone(impl, model, prompt, n).cpu()), (
+                f"Hkv = {kv_heads}: request {rid} differs from generate alone")
+
+
+def test_a_finished_request_frees_its_blocks_at_once(impl):
+    model = tiny_model(impl)
+    cache = impl.paged_kv_cache.PagedKVCache(2, 32, 4, 2, 8, dtype=torch.float64)
+    engine = impl.serving.Engine(model, cache, max_batch_size=4)
+    short = engine.add_request(list(range(1, 9)), 2)      # 8-token prompt, 2 new tokens
+    long = engine.add_request([3, 4, 5, 6], 30)
+    for _ in range(12):                                  # enough for short to finish, long to go on
+        engine.step()
+    held = math.ceil(int(cache.seq_lens([long])[0]) / 4)
+    assert cache.num_free_blocks == 32 - held, (
+        f"the short request finished, but {32 - held - cache.num_free_blocks} of its blocks are still taken: "
+        f"continuous batching frees a request's blocks the moment it finishes")
+    out = engine.run()
+    assert torch.equal(out[long].cpu(), alone(impl, model, torch.tensor([3, 4, 5, 6]), 30).cpu())
+
+
+def test_engine_rejects_bad_input(impl):
+    model = tiny_model(impl)
+    sv, pk = impl.serving, impl.paged_kv_cache
+    assert_rejects(lambda: sv.Engine(model, pk.PagedKVCache(2, 8, 4, 3, 8), 2), "cache", "num_kv_heads", "head")
+    assert_rejects(lambda: sv.Engine(model, pk.PagedKVCache(2, 8, 4, 2, 8), 0), "max_batch_size")
+    engine = sv.Engine(model, pk.PagedKVCache(2, 8, 4, 2, 8, dtype=torch.float64), 2)
+    assert_rejects(lambda: engine.add_request([], 3), "prompt")
+    assert_rejects(lambda: engine.add_request([1, 2], -1), "max_new_tokens")
+    assert_rejects(lambda: engine.add_request(list(range(30)), 10), "block", "token", "request")
