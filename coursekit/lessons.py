@@ -46,7 +46,7 @@ LESSONS = (
     Lesson("L06_gqa", "Multi-query and grouped-query attention", ("gqa",)),
     Lesson("L07_sliding_window", "Sliding-window attention", ("sliding_window",)),
     Lesson("L08_fused_ops", "Fused ops with recomputation", ("fused_ops", "fused_ops_triton")),
-    Lesson("L11_paged_kv_cache", "The paged KV cache", ("paged_kv_cache",)),
+    Lesson("L11_paged_kv_cache", "The paged KV cache and continuous batching", ("paged_kv_cache", "serving")),
 )
 
 

@@ -136,6 +136,10 @@ class Engine:
             ids = [r.id for r in self.running]
             self._decode()
             self.timeline.append(("decode", ids))
+        elif self.waiting:                                        # nothing runs and the next request cannot start
+            raise MemoryError(
+                f"no request is running, yet request {self.waiting[0].id} does not fit in the "
+                f"{self.cache.num_free_blocks} free blocks of the pool: blocks were not returned")
         ### END SOLUTION
 
     def run(self):
