@@ -271,7 +271,7 @@ def test_bad_masks_are_rejected(impl):
 
 def test_bad_dtypes_and_arguments_are_rejected(impl):
     q, k, v = make_qkv(1, 1, 3, 3, 4)
-    assert_rejects(lambda: attention(impl, q.long(), k.long(), v.long()), "q", "dtype")
+    assert_rejects(lambda: attention(impl, q.long(), k.long(), v.long()), "q", "k", "v", "dtype")
     assert_rejects(lambda: attention(impl, q, k.double(), v), "k", "dtype")
     assert_rejects(lambda: attention(impl, q, k, v, dropout_p=1.5, training=True), "dropout_p")
     assert_rejects(lambda: attention(impl, q, k, v, dropout_p=-0.1, training=True), "dropout_p")

@@ -288,9 +288,9 @@ def test_bad_forward_input_is_rejected_before_the_cache_is_touched(impl):
     assert_rejects(lambda: mha(randn(2, 3, D_MODEL, dtype=torch.float64)), "x", "dtype")
     assert_rejects(lambda: mha(randn(2, 3, D_MODEL).long()), "x")
     other = impl.kv_cache.KVCache(3, HEADS, 6, HEAD_DIM)
-    assert_rejects(lambda: mha(step, cache=other), "cache", "k")
+    assert_rejects(lambda: mha(step, cache=other), "cache", "x", "k")
     wrong_dtype = impl.kv_cache.KVCache(2, HEADS, 6, HEAD_DIM, dtype=torch.float64)
-    assert_rejects(lambda: mha(step, cache=wrong_dtype), "cache", "k", "dtype")
+    assert_rejects(lambda: mha(step, cache=wrong_dtype), "cache", "x", "k", "dtype")
 
 
 def test_decoding_past_the_cache_raises_a_named_error(impl):
@@ -307,7 +307,7 @@ def test_bad_positions_and_generation_arguments_are_rejected(impl):
     assert_rejects(lambda: positions(-1, 2), "past_len")
     assert_rejects(lambda: positions(0, -1), "new_len")
     assert_rejects(lambda: positions(1.5, 2), "past_len")
-    assert_rejects(lambda: positions(3, 2, torch.ones(2, 4, dtype=torch.bool)), "key_padding_mask")
+    assert_rejects(lambda: positions(3, 2, torch.ones(2, 4, dtype=torch.bool)), "key_padding_mask", "past_len", "new_len")
     torch.manual_seed(102)
     model = impl.kv_cache.TinyDecoder(vocab_size=20, d_model=8, num_heads=2, num_layers=1, max_positions=16)
     prompt = torch.zeros(1, 3, dtype=torch.long)
@@ -316,4 +316,4 @@ def test_bad_positions_and_generation_arguments_are_rejected(impl):
     for bad in ("yes", 1, None):
         assert_rejects(lambda bad=bad: impl.kv_cache.greedy_generate(model, prompt, 2, use_cache=bad), "use_cache")
     assert_rejects(lambda: impl.kv_cache.greedy_generate(model, prompt, 2, prompt_mask=torch.ones(1, 2).bool()),
-                   "prompt_mask")
+                   "prompt_mask", "prompt_ids")
