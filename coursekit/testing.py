@@ -286,3 +286,28 @@ def assert_never_materialises(fn, limit, *, what, hint=""):
         f"a tensor of {rec.elements} elements was created (by {rec.op}); {what} has {limit}: "
         f"the computation must work block by block and never hold it", hint)
     return result
+
+
+# ---------------------------------------------------------------------------
+# Decoding with a cache (L04, L06, L07): feed a sequence chunk by chunk.
+# ---------------------------------------------------------------------------
+def decode_in_chunks(module, x, chunks, cache, key_padding_mask=None, **kwargs):
+    """Feed x (B, L, hidden) through `module` chunk by chunk (sizes `chunks`)
+    with one cache, and concatenate the outputs along L. The mask passed at each
+    call covers every key so far, key_padding_mask[:, :end]; kwargs (causal=...)
+    go to every call."""
+    outs, start = [], 0
+    for n in chunks:
+        end = start + n
+        mask = None if key_padding_mask is None else key_padding_mask[:, :end]
+        outs.append(module(x[:, start:end], key_padding_mask=mask, cache=cache, **kwargs))
+        start = end
+    return torch.cat(outs, dim=1)
+
+
+def left_padding(lengths, total, device="cpu"):
+    """(B, total) bool, True = real token, each row's lengths[b] real tokens at the right end."""
+    keep = torch.ones(len(lengths), total, dtype=torch.bool, device=device)
+    for b, n in enumerate(lengths):
+        keep[b, :total - n] = False
+    return keep

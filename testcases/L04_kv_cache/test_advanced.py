@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coursekit.reference import mha_module_ref
-from coursekit.testing import assert_close, assert_no_nan, assert_rejects, randn
+from coursekit.testing import assert_close, assert_no_nan, assert_rejects, decode_in_chunks, left_padding, randn
 
 D_MODEL, HEADS, HEAD_DIM = 24, 3, 8
 
@@ -27,24 +27,6 @@ def make_mha(impl, d_model=D_MODEL, num_heads=HEADS, bias=False, seed=0, device=
             if bias:
                 proj.bias.copy_(0.5 * randn(d_model, seed=seed + 10 + i))
     return mha.to(device=device, dtype=dtype)
-
-
-def decode_in_chunks(mha, x, chunks, cache, key_padding_mask=None):
-    outs, start = [], 0
-    for n in chunks:
-        end = start + n
-        mask = None if key_padding_mask is None else key_padding_mask[:, :end]
-        outs.append(mha(x[:, start:end], key_padding_mask=mask, cache=cache))
-        start = end
-    return torch.cat(outs, dim=1)
-
-
-def left_padding(lengths, total, device="cpu"):
-    """(B, total) bool, True = real token, each row's real tokens at the right end."""
-    keep = torch.ones(len(lengths), total, dtype=torch.bool, device=device)
-    for b, n in enumerate(lengths):
-        keep[b, :total - n] = False
-    return keep
 
 
 # --------------------------------------------------------------- gradients --

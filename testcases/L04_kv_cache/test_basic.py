@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from coursekit.reference import mha_module_ref, tiny_decoder_ref
-from coursekit.testing import assert_close, randn
+from coursekit.testing import assert_close, decode_in_chunks, randn
 
 D_MODEL, HEADS = 24, 3  # head_dim 8: small, and not a power of two in d_model
 
@@ -36,18 +36,6 @@ def make_mha(impl, d_model=D_MODEL, num_heads=HEADS, bias=False, seed=0, device=
             if bias:
                 proj.bias.copy_(0.5 * randn(d_model, seed=seed + 10 + i))
     return mha.to(device=device, dtype=dtype)
-
-
-def decode_in_chunks(mha, x, chunks, cache, key_padding_mask=None):
-    """Feed x (B, L, d_model) through mha chunk by chunk with one cache; the
-    mask passed at each call covers every key so far: key_padding_mask[:, :end]."""
-    outs, start = [], 0
-    for n in chunks:
-        end = start + n
-        mask = None if key_padding_mask is None else key_padding_mask[:, :end]
-        outs.append(mha(x[:, start:end], key_padding_mask=mask, cache=cache))
-        start = end
-    return torch.cat(outs, dim=1)
 
 
 def make_decoder(impl, seed=0, dtype=torch.float32, device="cpu"):
