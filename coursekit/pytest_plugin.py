@@ -351,4 +351,5 @@ def _short_message(report):
     if report.skipped and isinstance(report.longrepr, tuple):
         return report.longrepr[2]
     crash = getattr(report.longrepr, "reprcrash", None)
-    return crash.message if crash else str(report.longrepr)[-2000:]
+    from coursekit.testing import cap_message  # the same cap as the helpers' messages
+    return cap_message(crash.message) if crash else str(report.longrepr)[-2000:]

@@ -99,6 +99,33 @@ COMPARISONS = {"torch": ("allclose", "isclose", "equal", "all", "any", "isnan", 
 
 
 # ---------------------------------------------------------------------------
+# Failure messages. Every helper below sets __tracebackhide__, so pytest shows
+# the test line that failed, not the helper's source; messages are capped, so
+# one wrong axis prints a screenful, not hundreds of lines. What matters comes
+# first (what differs, where, by how much); the hint always survives the cut.
+# ---------------------------------------------------------------------------
+MAX_MESSAGE_LINES = 30
+MAX_MESSAGE_CHARS = 2500
+MAX_HINT_CHARS = 600
+
+
+def cap_message(text, max_lines=MAX_MESSAGE_LINES, max_chars=MAX_MESSAGE_CHARS):
+    """`text` cut to at most `max_lines` lines and `max_chars` characters, with a
+    note saying how much was left out."""
+    text = str(text)
+    lines = text.splitlines()
+    if len(lines) <= max_lines and len(text) <= max_chars:
+        return text
+    kept = "\n".join(lines[:max_lines])[:max_chars]
+    return f"{kept}\n  ... [{len(text) - len(kept)} more characters cut: messages are capped at {max_lines} lines]"
+
+
+def _message(text, hint):
+    text = cap_message(text)
+    return f"{text}\n  hint: {cap_message(hint, 5, MAX_HINT_CHARS)}" if hint else text
+
+
+# ---------------------------------------------------------------------------
 # assert_close
 # ---------------------------------------------------------------------------
 def assert_close(actual, expected, *, dtype=None, probabilities=False, atol=None, rtol=None,
@@ -111,6 +138,7 @@ def assert_close(actual, expected, *, dtype=None, probabilities=False, atol=None
     actual values, abs and rel error, how many elements are off, and `hint`
     (what usually causes this failure).
     """
+    __tracebackhide__ = True
     if not isinstance(actual, torch.Tensor):
         raise AssertionError(f"{what}: expected a torch.Tensor, got {type(actual).__name__}")
     expected = torch.as_tensor(expected)
@@ -150,11 +178,8 @@ def assert_close(actual, expected, *, dtype=None, probabilities=False, atol=None
     raise AssertionError(_message(summary, hint))
 
 
-def _message(text, hint):
-    return f"{text}\n  hint: {hint}" if hint else text
-
-
 def assert_no_nan(x, *, what="output", hint=""):
+    __tracebackhide__ = True
     nan = torch.isnan(x.detach())
     if nan.any():
         idx = tuple(int(i) for i in nan.nonzero()[0])
@@ -165,23 +190,26 @@ def assert_no_nan(x, *, what="output", hint=""):
 def assert_rejects(fn, *names):
     """fn() must raise ValueError or TypeError (not a bare torch RuntimeError)
     whose message names the offending argument: one of `names`."""
+    __tracebackhide__ = True
     try:
         fn()
     except (ValueError, TypeError) as err:
         message = str(err)
     except Exception as err:
-        raise AssertionError(
+        raise AssertionError(_message(
             f"expected a ValueError or TypeError naming {' or '.join(names)}, got "
-            f"{type(err).__name__}: {err}\n  hint: check the arguments first, with the helpers in model/_checks.py"
-        ) from err
+            f"{type(err).__name__}: {cap_message(err, 5, MAX_HINT_CHARS)}",
+            "check the arguments first, with the helpers in model/_checks.py")) from err
     else:
         raise AssertionError(f"expected a ValueError or TypeError naming {' or '.join(names)}; nothing was raised")
     if not any(name in message for name in names):
-        raise AssertionError(f"the error message should name the argument ({' or '.join(names)}); got: {message!r}")
+        raise AssertionError(f"the error message should name the argument ({' or '.join(names)}); "
+                             f"got: {cap_message(repr(message), 5, MAX_HINT_CHARS)}")
 
 
 def assert_same_mask(got, expected, *, what="mask", hint=""):
     """Exact comparison of boolean masks, naming the first differing position."""
+    __tracebackhide__ = True
     assert isinstance(got, torch.Tensor), f"{what}: expected a torch.Tensor, got {type(got).__name__}"
     assert got.dtype == torch.bool, f"{what} has dtype {got.dtype}, expected torch.bool (True = may attend)"
     assert tuple(got.shape) == tuple(expected.shape), (
@@ -191,10 +219,9 @@ def assert_same_mask(got, expected, *, what="mask", hint=""):
     if wrong.any():
         first = tuple(int(i) for i in wrong.nonzero()[0])
         shown = f"\n  expected:\n{expected.int().cpu()}\n  got:\n{got.int().cpu()}" if got.numel() <= 64 else ""
-        raise AssertionError(
+        raise AssertionError(_message(
             f"{what} differs from the reference at {int(wrong.sum())} of {wrong.numel()} positions; "
-            f"first at index {first}: expected {bool(expected[first])}, got {bool(got[first])}"
-            + shown + (f"\n  hint: {hint}" if hint else ""))
+            f"first at index {first}: expected {bool(expected[first])}, got {bool(got[first])}" + shown, hint))
 
 
 def assert_within_eager_error(actual, expected, eager, *, what="output", hint=""):
@@ -202,6 +229,7 @@ def assert_within_eager_error(actual, expected, eager, *, what="output", hint=""
 
     expected: float64 reference; eager: the same computation done by plain
     PyTorch ops in actual's dtype (see EAGER_FACTOR)."""
+    __tracebackhide__ = True
     if tuple(actual.shape) != tuple(expected.shape):
         raise AssertionError(_message(
             f"{what} has shape {tuple(actual.shape)}, expected {tuple(expected.shape)}", hint))
@@ -251,9 +279,35 @@ def assert_never_materialises(fn, limit, *, what, hint=""):
 
     Returns fn()'s result. `what` names the forbidden tensor ("an Lq x Lk
     score matrix") for the message."""
+    __tracebackhide__ = True
     with LargestTensorRecorder() as rec:
         result = fn()
     assert rec.elements < limit, _message(
         f"a tensor of {rec.elements} elements was created (by {rec.op}); {what} has {limit}: "
         f"the computation must work block by block and never hold it", hint)
     return result
+
+
+# ---------------------------------------------------------------------------
+# Decoding with a cache (L04, L06, L07): feed a sequence chunk by chunk.
+# ---------------------------------------------------------------------------
+def decode_in_chunks(module, x, chunks, cache, key_padding_mask=None, **kwargs):
+    """Feed x (B, L, hidden) through `module` chunk by chunk (sizes `chunks`)
+    with one cache, and concatenate the outputs along L. The mask passed at each
+    call covers every key so far, key_padding_mask[:, :end]; kwargs (causal=...)
+    go to every call."""
+    outs, start = [], 0
+    for n in chunks:
+        end = start + n
+        mask = None if key_padding_mask is None else key_padding_mask[:, :end]
+        outs.append(module(x[:, start:end], key_padding_mask=mask, cache=cache, **kwargs))
+        start = end
+    return torch.cat(outs, dim=1)
+
+
+def left_padding(lengths, total, device="cpu"):
+    """(B, total) bool, True = real token, each row's lengths[b] real tokens at the right end."""
+    keep = torch.ones(len(lengths), total, dtype=torch.bool, device=device)
+    for b, n in enumerate(lengths):
+        keep[b, :total - n] = False
+    return keep

@@ -46,6 +46,22 @@ def check_positive_int(name, value):
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
+def check_non_negative_int(name, value):
+    """A size that may be 0 (an empty batch, a zero-length sequence): an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def check_flag(name, value):
+    """A Python bool. Flags such as causal, training or return_weights take True
+    or False only: "no" and a one-element tensor are truthy, None is falsy, and
+    silently reading them as bools hides a wrong call."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} {value!r:.40}")
+
+
 def check_scale(scale):
     if scale is None:
         return

@@ -41,8 +41,8 @@ token_positions, greedy_generate.
 import torch
 import torch.nn as nn
 
-from ._checks import (FLOAT_DTYPES, check_cache_update, check_key_padding_mask, check_positive_int,
-                      check_tensor)
+from ._checks import (FLOAT_DTYPES, check_cache_update, check_flag, check_key_padding_mask, check_non_negative_int,
+                      check_positive_int, check_tensor)
 from .masks import causal_mask
 from .scaled_dot_product import scaled_dot_product_attention
 
@@ -74,6 +74,7 @@ class KVCache:
         buffers, advances seq_len by L_new, and returns
             k_all, v_all: (B, H, seq_len, D)
         as VIEWS of the buffers' filled prefix (slices, no torch.cat, no copy).
+        An empty update (L_new = 0) is a no-op that returns the current contents.
 
         Errors (each leaves the cache unchanged):
         - k or v not a 4-D float tensor, or k.shape != v.shape: TypeError/ValueError naming it;
@@ -142,8 +143,9 @@ def token_positions(past_len, new_len, key_padding_mask=None, device=None):
     count real tokens only: the position of a token is the number of real tokens
     before it, so a left-padded row numbers its first real token 0, as if the
     padding were not there (padding itself gets position 0; it is masked anyway).
-    Returns (B, new_len), long. past_len >= 0 and new_len >= 1 are ints; a mask
-    of another length raises ValueError naming key_padding_mask.
+    Returns (B, new_len), long. past_len and new_len are ints >= 0 (new_len = 0
+    gives an empty result); a mask of another length raises ValueError naming
+    key_padding_mask.
     """
     raise NotImplementedError("L04: implement token_positions in model/kv_cache.py (see tutorial/L04_kv_cache/README.md)")
 
@@ -219,6 +221,7 @@ def greedy_generate(model, prompt_ids, max_new_tokens, use_cache=True, prompt_ma
       on the whole prompt, then each step feeds only the token just chosen (B, 1).
     Both give identical tokens. prompt_mask: None or bool (B, P), True = real token,
       for left-padded prompts; it grows by one True column per generated token and is
-      passed as key_padding_mask (over all keys). max_new_tokens: an int >= 0.
+      passed as key_padding_mask (over all keys). max_new_tokens: an int >= 0;
+      use_cache: a bool.
     """
     raise NotImplementedError("L04: implement greedy_generate in model/kv_cache.py (see tutorial/L04_kv_cache/README.md)")

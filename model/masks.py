@@ -15,13 +15,14 @@ from collections import OrderedDict
 
 import torch
 
-from ._checks import check_positive_int
+from ._checks import check_non_negative_int, check_positive_int
 
 
 def causal_mask(q_len, k_len=None, device=None):
     """(q_len, k_len) bool, True where key j is visible from query i:
     j <= i + (k_len - q_len). k_len defaults to q_len (the square, lower-triangular case).
     If k_len < q_len, the first q_len - k_len queries see no key at all.
+    Zero lengths are valid (causal_mask(0) is a (0, 0) mask); negative ones raise ValueError.
     """
     raise NotImplementedError("L03: implement causal_mask in model/masks.py (see tutorial/L03_masks/README.md)")
 
@@ -30,8 +31,9 @@ def padding_mask(lengths, max_len=None, device=None):
     """(batch, max_len) bool, True for the first lengths[b] positions of row b
     (real tokens), False for the padding after them.
 
-    lengths: a 1-D int tensor or a list of ints, each in [0, max_len].
-    max_len: defaults to max(lengths).
+    lengths: a 1-D int tensor or a list of ints, each in [0, max_len]. An empty
+        batch is valid: it gives a (0, max_len) mask.
+    max_len: defaults to max(lengths) (0 for an empty batch).
     """
     raise NotImplementedError("L03: implement padding_mask in model/masks.py (see tutorial/L03_masks/README.md)")
 

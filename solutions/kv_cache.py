@@ -41,8 +41,8 @@ token_positions, greedy_generate.
 import torch
 import torch.nn as nn
 
-from ._checks import (FLOAT_DTYPES, check_cache_update, check_key_padding_mask, check_positive_int,
-                      check_tensor)
+from ._checks import (FLOAT_DTYPES, check_cache_update, check_flag, check_key_padding_mask, check_non_negative_int,
+                      check_positive_int, check_tensor)
 from .masks import causal_mask
 from .scaled_dot_product import scaled_dot_product_attention
 
@@ -88,6 +88,7 @@ class KVCache:
         buffers, advances seq_len by L_new, and returns
             k_all, v_all: (B, H, seq_len, D)
         as VIEWS of the buffers' filled prefix (slices, no torch.cat, no copy).
+        An empty update (L_new = 0) is a no-op that returns the current contents.
 
         Errors (each leaves the cache unchanged):
         - k or v not a 4-D float tensor, or k.shape != v.shape: TypeError/ValueError naming it;
@@ -199,8 +200,7 @@ def _check_forward(module, x, key_padding_mask, cache, causal):
         raise ValueError(f"x must be (B, L, d_model={module.d_model}), got shape {tuple(x.shape)}")
     if x.dtype != module.q_proj.weight.dtype:
         raise TypeError(f"x has dtype {x.dtype} but the module's weights are {module.q_proj.weight.dtype}")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    check_flag("causal", causal)
     B, L, _ = x.shape
     past = 0
     if cache is not None:
@@ -227,13 +227,13 @@ def token_positions(past_len, new_len, key_padding_mask=None, device=None):
     count real tokens only: the position of a token is the number of real tokens
     before it, so a left-padded row numbers its first real token 0, as if the
     padding were not there (padding itself gets position 0; it is masked anyway).
-    Returns (B, new_len), long. past_len >= 0 and new_len >= 1 are ints; a mask
-    of another length raises ValueError naming key_padding_mask.
+    Returns (B, new_len), long. past_len and new_len are ints >= 0 (new_len = 0
+    gives an empty result); a mask of another length raises ValueError naming
+    key_padding_mask.
     """
     ### BEGIN SOLUTION
-    if isinstance(past_len, bool) or not isinstance(past_len, int) or past_len < 0:
-        raise ValueError(f"past_len must be an int >= 0, got {past_len!r}")
-    check_positive_int("new_len", new_len)
+    check_non_negative_int("past_len", past_len)
+    check_non_negative_int("new_len", new_len)
     if key_padding_mask is None:
         return torch.arange(past_len, past_len + new_len, device=device)[None, :]  # (1, L_new)
     if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
@@ -317,13 +317,14 @@ def greedy_generate(model, prompt_ids, max_new_tokens, use_cache=True, prompt_ma
       on the whole prompt, then each step feeds only the token just chosen (B, 1).
     Both give identical tokens. prompt_mask: None or bool (B, P), True = real token,
       for left-padded prompts; it grows by one True column per generated token and is
-      passed as key_padding_mask (over all keys). max_new_tokens: an int >= 0.
+      passed as key_padding_mask (over all keys). max_new_tokens: an int >= 0;
+      use_cache: a bool.
     """
     ### BEGIN SOLUTION
+    check_flag("use_cache", use_cache)
     if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dtype != torch.long or prompt_ids.dim() != 2:
         raise TypeError("prompt_ids must be a (B, P) long tensor")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    check_non_negative_int("max_new_tokens", max_new_tokens)
     if prompt_mask is not None and (not isinstance(prompt_mask, torch.Tensor) or prompt_mask.dtype != torch.bool
                                     or prompt_mask.shape != prompt_ids.shape):
         raise ValueError(f"prompt_mask must be a bool tensor of prompt_ids' shape {tuple(prompt_ids.shape)}")

@@ -15,18 +15,19 @@ from collections import OrderedDict
 
 import torch
 
-from ._checks import check_positive_int
+from ._checks import check_non_negative_int, check_positive_int
 
 
 def causal_mask(q_len, k_len=None, device=None):
     """(q_len, k_len) bool, True where key j is visible from query i:
     j <= i + (k_len - q_len). k_len defaults to q_len (the square, lower-triangular case).
     If k_len < q_len, the first q_len - k_len queries see no key at all.
+    Zero lengths are valid (causal_mask(0) is a (0, 0) mask); negative ones raise ValueError.
     """
     ### BEGIN SOLUTION
     k_len = q_len if k_len is None else k_len
-    check_positive_int("q_len", q_len)
-    check_positive_int("k_len", k_len)
+    check_non_negative_int("q_len", q_len)
+    check_non_negative_int("k_len", k_len)
     query_position = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)  # (Lq, 1)
     key_position = torch.arange(k_len, device=device)[None, :]  # (1, Lk)
     return key_position <= query_position
@@ -37,8 +38,9 @@ def padding_mask(lengths, max_len=None, device=None):
     """(batch, max_len) bool, True for the first lengths[b] positions of row b
     (real tokens), False for the padding after them.
 
-    lengths: a 1-D int tensor or a list of ints, each in [0, max_len].
-    max_len: defaults to max(lengths).
+    lengths: a 1-D int tensor or a list of ints, each in [0, max_len]. An empty
+        batch is valid: it gives a (0, max_len) mask.
+    max_len: defaults to max(lengths) (0 for an empty batch).
     """
     ### BEGIN SOLUTION
     if isinstance(lengths, torch.Tensor):
@@ -49,12 +51,12 @@ def padding_mask(lengths, max_len=None, device=None):
         raise TypeError(f"lengths must be a list of ints or a 1-D integer tensor, got {lengths!r}")
     if max_len is not None and not _is_int(max_len):
         raise TypeError(f"max_len must be an int or None, got {type(max_len).__name__}")
+    if max_len is not None and max_len < 0:
+        raise ValueError(f"max_len must be >= 0, got {max_len}")
     lengths = torch.as_tensor(lengths, dtype=torch.long, device=device)
-    if lengths.numel() == 0:
-        raise ValueError("lengths is empty: need one length per batch element")
     if (lengths < 0).any():
         raise ValueError(f"lengths must be >= 0, got {lengths.tolist()}")
-    longest = int(lengths.max())  # one host sync, to validate and to default max_len
+    longest = int(lengths.max()) if lengths.numel() else 0  # one host sync, to validate and to default max_len
     max_len = longest if max_len is None else int(max_len)
     if longest > max_len:
         raise ValueError(f"lengths holds {longest}, which does not fit in max_len={max_len}")
@@ -150,8 +152,8 @@ class MaskCache:
         k_len = q_len if k_len is None else k_len
         # Validate before the lookup: 3.0 == 3 and True == 1 as dict keys, so a
         # bad length would otherwise be served the mask cached for a good one.
-        check_positive_int("q_len", q_len)
-        check_positive_int("k_len", k_len)
+        check_non_negative_int("q_len", q_len)
+        check_non_negative_int("k_len", k_len)
         key = (q_len, k_len, _device_key(device))
         if key in self._masks:
             self.hits += 1

@@ -15,8 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._checks import (check_mask, check_positive_int, check_probability, check_qk, check_qkv, check_scale,
-                      compute_dtype)
+from ._checks import (check_flag, check_mask, check_positive_int, check_probability, check_qk, check_qkv,
+                      check_scale, compute_dtype)
 
 
 def attention_scale(head_dim):
@@ -63,10 +63,14 @@ def scaled_dot_product_attention(q, k, v, mask=None, scale=None, dropout_p=0.0,
         training=True (kept weights are scaled by 1 / (1 - dropout_p)).
     return_weights: also return the attention weights (..., Lq, Lk), after
         dropout, in q's dtype.
+    training and return_weights are bools. Zero sizes work: Lq = 0 gives an
+    empty output, Lk = 0 a query that sees no key (output 0).
     """
     ### BEGIN SOLUTION
     check_qkv(q, k, v)
     check_probability("dropout_p", dropout_p)
+    check_flag("training", training)
+    check_flag("return_weights", return_weights)
     scores = attention_scores(q, k, scale)  # (..., Lq, Lk), float32 for half inputs
     if mask is not None:
         check_mask(mask, scores.shape, scores.device)

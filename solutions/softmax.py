@@ -40,7 +40,10 @@ def _finite_or_zero(m):
 
 def _safe_max(x, dim):
     """Row max (kept dim), infinities replaced by 0, detached: subtracting a
-    constant does not change softmax, so no gradient needs to flow through it."""
+    constant does not change softmax, so no gradient needs to flow through it.
+    An empty row (x.shape[dim] == 0) has no max (amax refuses it): 0 serves."""
+    if x.shape[dim] == 0:
+        return x.new_zeros(x.shape[:dim] + (1,) + x.shape[dim + 1:]).detach()
     return _finite_or_zero(x.amax(dim=dim, keepdim=True).detach())
 ### END SOLUTION
 

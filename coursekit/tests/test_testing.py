@@ -134,3 +134,52 @@ def test_assert_rejects_accepts_a_named_value_or_type_error():
 def test_assert_rejects_fails_with_a_reason(fn, fragment):
     with pytest.raises(AssertionError, match=fragment):
         assert_rejects(fn, "dim")
+
+
+# ------------------------------------------------------- failure messages --
+
+def test_long_failure_messages_are_capped_and_keep_the_hint():
+    from coursekit.testing import MAX_MESSAGE_CHARS, MAX_MESSAGE_LINES, assert_same_mask
+    got = torch.zeros(3, 4, dtype=torch.bool)
+    huge_what = "\n".join(f"line {i}" for i in range(500))  # a what/text far past the cap
+    with pytest.raises(AssertionError) as err:
+        assert_same_mask(got, ~got, what=huge_what, hint="the hint still shows")
+    message = str(err.value)
+    assert len(message.splitlines()) <= MAX_MESSAGE_LINES + 2
+    assert len(message) <= MAX_MESSAGE_CHARS + 800
+    assert "more characters cut" in message
+    assert message.rstrip().endswith("hint: the hint still shows")
+
+
+def test_rejects_caps_a_huge_error_message_from_the_code_under_test():
+    def raises_with_a_tensor_in_the_message():
+        raise ValueError(f"bad x: {torch.arange(10000).tolist()}")
+
+    with pytest.raises(AssertionError) as err:
+        assert_rejects(raises_with_a_tensor_in_the_message, "q")
+    assert len(str(err.value)) < 1000
+
+
+def test_helpers_hide_their_own_frames(tmp_path):
+    # A failing assert_close shows the test's line and the message, not the helper's
+    # source, even with pytest's long tracebacks.
+    import subprocess
+    import sys
+    import textwrap
+
+    from coursekit import COURSE_ROOT
+    (tmp_path / "test_hidden.py").write_text(textwrap.dedent("""
+        import torch
+        from coursekit.testing import assert_close
+
+        def test_wrong_axis():
+            assert_close(torch.zeros(2, 3), torch.ones(2, 3), hint="softmax over the wrong dim?")
+    """))
+    run = subprocess.run([sys.executable, "-m", "pytest", "test_hidden.py", "-p", "no:cacheprovider", "--tb=long"],
+                         cwd=tmp_path, env={"PYTHONPATH": str(COURSE_ROOT), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True)
+    out = run.stdout
+    assert run.returncode == 1, out + run.stderr
+    assert "def assert_close" not in out and "excess = torch.where" not in out, out
+    assert "hint: softmax over the wrong dim?" in out
+    assert len(out.splitlines()) < 40, out

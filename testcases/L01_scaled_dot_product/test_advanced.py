@@ -98,19 +98,45 @@ def test_neg_inf_entries_equal_boolean_mask(impl, device):
                  hint="an additive 0/-inf mask and the boolean mask it encodes must agree")
 
 
-def test_gradients_through_fully_masked_row_are_zero(impl, device):
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_gradients_through_fully_masked_row_are_zero(impl, device, kind):
+    # Query 1 sees no key. Its output is the constant 0, so dq of that row is 0 and
+    # dk, dv are what the other rows alone give: SDPA on the other rows is the reference.
     q, k, v = make_qkv(1, 2, 4, 5, 8, dtype=torch.float64, device=device, seed=17, requires_grad=True)
-    mask = torch.ones(4, 5, dtype=torch.bool, device=device)
-    mask[1] = False
-    out = attention(impl, q, k, v, mask=mask)
-    out.backward(torch.ones_like(out))
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        assert_no_nan(t.grad, what=f"d(out)/d{name}",
-                      hint="backward through a fully masked row must not produce NaN (0 * inf or 0/0)")
-    assert_close(q.grad[:, :, 1], torch.zeros(1, 2, 8, dtype=torch.float64), what="dq of the masked row",
-                 hint="a query that attends to nothing does not influence the output")
+    keep = torch.ones(4, 5, dtype=torch.bool, device=device)
+    keep[1] = False
+    keep[3, 1:] = False
+    mask = keep if kind == "bool" else torch.zeros(4, 5, dtype=torch.float64, device=device).masked_fill(~keep, -math.inf)
+    grad_out = randn(1, 2, 4, 8, seed=17, dtype=torch.float64, device=device)
+    got = torch.autograd.grad(attention(impl, q, k, v, mask=mask), (q, k, v), grad_out)
+    for name, g in zip("qkv", got):
+        assert_no_nan(g, what=f"d(out)/d{name} with a {kind} mask", hint=(
+            "backward through a fully masked row must not produce NaN. torch.nan_to_num after the softmax "
+            "cleans the forward only: the softmax's own backward still computes 0/0 for that row. Guard the "
+            "row before the softmax (masked_fill it with finite scores) and zero its weights after"))
+    rows = [0, 2, 3]
+    ref_inputs = [q.detach()[:, :, rows].clone().requires_grad_(), k.detach().clone().requires_grad_(),
+                  v.detach().clone().requires_grad_()]
+    ref_out = F.scaled_dot_product_attention(*ref_inputs, attn_mask=keep[rows])
+    dq_rows, dk, dv = torch.autograd.grad(ref_out, ref_inputs, grad_out[:, :, rows])
+    dq = torch.zeros_like(q).index_copy(2, torch.tensor(rows, device=device), dq_rows)
+    for name, g, want in zip("qkv", got, (dq, dk, dv)):
+        assert_close(g, want, what=f"d{name} with a {kind} mask",
+                     hint="a query that attends to nothing contributes nothing to any gradient")
 
 
+def test_gradient_reaches_an_additive_mask(impl, device):
+    # dL/dmask = dL/dS: a float mask that requires grad is a probe for the score gradient.
+    q, k, v = make_qkv(2, 2, 5, 6, 8, dtype=torch.float64, device=device, seed=27)
+    bias = randn(2, 1, 5, 6, seed=27, dtype=torch.float64, device=device, requires_grad=True)
+    grad_out = randn(2, 2, 5, 8, seed=28, dtype=torch.float64, device=device)
+    (got,) = torch.autograd.grad(attention(impl, q, k, v, mask=bias), (bias,), grad_out)
+    ref_bias = bias.detach().clone().requires_grad_()
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(8) + ref_bias
+    (want,) = torch.autograd.grad(torch.softmax(scores, dim=-1) @ v, (ref_bias,), grad_out)
+    assert_close(got, want, what="gradient of the additive mask", hint=(
+        "add the float mask to the scores with `scores + mask`, so autograd sees it; a detached or in-place "
+        "copied mask gets no gradient"))
 # --------------------------------------------------------------- gradients --
 
 @pytest.mark.parametrize("with_mask", [False, True], ids=["no_mask", "mask"])
@@ -192,6 +218,27 @@ def test_dropout_zeroes_weights_and_rescales_the_rest(impl, device):
 
 # --------------------------------------------------------------- bad input --
 
+@pytest.mark.parametrize("lq,lk,b", [(0, 5, 2), (4, 0, 2), (4, 5, 0)], ids=["Lq=0", "Lk=0", "B=0"])
+def test_zero_sizes_give_empty_or_zero_results(impl, device, lq, lk, b):
+    # Zero sizes are valid: Lq = 0 or B = 0 gives an empty output; Lk = 0 means
+    # every query sees no key, a fully masked row: output 0 and weights 0.
+    q, k, v = make_qkv(b, 2, lq, lk, 8, v_dim=3, device=device, seed=29)
+    out, weights = attention(impl, q, k, v, return_weights=True)
+    assert tuple(out.shape) == (b, 2, lq, 3), f"output shape {tuple(out.shape)}, expected {(b, 2, lq, 3)}"
+    assert tuple(weights.shape) == (b, 2, lq, lk), f"weights shape {tuple(weights.shape)}, expected {(b, 2, lq, lk)}"
+    assert_close(out, torch.zeros(b, 2, lq, 3), hint="with no keys a query gets output 0 (a fully masked row)")
+
+
+FLAGS = {"training": ("yes", 1, None, torch.tensor(True)), "return_weights": ("no", 1, None)}
+
+
+@pytest.mark.parametrize("flag", FLAGS)
+def test_flags_must_be_bool(impl, flag):
+    q, k, v = make_qkv(1, 1, 3, 3, 4)
+    for bad in FLAGS[flag]:
+        assert_rejects(lambda: attention(impl, q, k, v, dropout_p=0.5, **{flag: bad}), flag)
+
+
 def test_bad_head_dim_is_rejected(impl):
     scale = impl.scaled_dot_product.attention_scale
     assert_rejects(lambda: scale(0), "head_dim")
@@ -224,7 +271,7 @@ def test_bad_masks_are_rejected(impl):
 
 def test_bad_dtypes_and_arguments_are_rejected(impl):
     q, k, v = make_qkv(1, 1, 3, 3, 4)
-    assert_rejects(lambda: attention(impl, q.long(), k.long(), v.long()), "q", "dtype")
+    assert_rejects(lambda: attention(impl, q.long(), k.long(), v.long()), "q", "k", "v", "dtype")
     assert_rejects(lambda: attention(impl, q, k.double(), v), "k", "dtype")
     assert_rejects(lambda: attention(impl, q, k, v, dropout_p=1.5, training=True), "dropout_p")
     assert_rejects(lambda: attention(impl, q, k, v, dropout_p=-0.1, training=True), "dropout_p")

@@ -42,11 +42,22 @@ def test_attention_scores_match_einsum(impl, device, shape):
         "check which dims of k you transpose and that you apply the scale"))
 
 
-def test_attention_scores_custom_scale(impl, device):
+@pytest.mark.parametrize("scale", [0.3, 0.0, -0.5])
+def test_attention_scores_custom_scale(impl, device, scale):
     q, k, _ = make_qkv(2, 2, 6, 5, 8, device=device)
-    scores = impl.scaled_dot_product.attention_scores(q, k, scale=0.3)
-    expected = torch.einsum("bhqd,bhkd->bhqk", q.double(), k.double()) * 0.3
-    assert_close(scores, expected, what="scores", hint="an explicit scale replaces 1/sqrt(D)")
+    scores = impl.scaled_dot_product.attention_scores(q, k, scale=scale)
+    expected = torch.einsum("bhqd,bhkd->bhqk", q.double(), k.double()) * scale
+    assert_close(scores, expected, what="scores", hint=(
+        f"an explicit scale={scale} replaces 1/sqrt(D). `scale or attention_scale(D)` turns 0.0 into the "
+        "default (0.0 is falsy): test `scale is None`"))
+
+
+def test_attention_with_an_explicit_zero_scale_averages_the_values(impl, device):
+    # scale=0.0 makes every score 0: uniform weights, each query returns the mean of v.
+    q, k, v = make_qkv(2, 2, 4, 6, 8, device=device, seed=9)
+    out = impl.scaled_dot_product.scaled_dot_product_attention(q, k, v, scale=0.0)
+    assert_close(out, F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=0.0),
+                 hint="scale=0.0 is a valid scale, not 'no scale given': test `scale is None`, not `scale or ...`")
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)

@@ -167,6 +167,24 @@ def test_merging_parts_in_any_order_equals_whole(impl, n, cuts, seed):
     assert_close(l, torch.exp(x - x.amax(dim=-1, keepdim=True)).sum(dim=-1), what="merged sum")
 
 
+# --------------------------------------------------------------- zero sizes --
+
+@pytest.mark.parametrize("shape,dim", [((0, 5), -1), ((3, 0), -1), ((3, 0), 0), ((2, 0, 4), 1)],
+                         ids=["no_rows", "empty_rows", "dim0_of_3x0", "3d_empty_middle"])
+@pytest.mark.parametrize("fn", ["naive_softmax", "stable_softmax", "online_softmax", "logsumexp"])
+def test_zero_sizes(impl, fn, shape, dim):
+    # Zero sizes are valid: the softmax of an empty row is empty, its logsumexp
+    # is log(0) = -inf (as torch.logsumexp), and no rows give an empty result.
+    x = torch.zeros(shape)
+    args = (x, 3) if fn == "online_softmax" else (x,)
+    got = getattr(impl.softmax, fn)(*args, dim=dim)
+    expected = torch.logsumexp(x, dim=dim) if fn == "logsumexp" else torch.softmax(x, dim=dim)
+    assert tuple(got.shape) == tuple(expected.shape), (
+        f"{fn} of a {tuple(shape)} tensor along dim={dim} has shape {tuple(got.shape)}, expected "
+        f"{tuple(expected.shape)}: a zero-length dimension gives an empty, correctly shaped result")
+    assert_close(got, expected, what=fn, hint="the logsumexp of an empty row is -inf (the sum of nothing is 0)")
+
+
 # --------------------------------------------------------------- bad input --
 
 @pytest.mark.parametrize("fn", ["naive_softmax", "stable_softmax", "logsumexp"])
@@ -188,8 +206,9 @@ def test_bad_block_size(impl):
 
 def test_bad_merge_stats_shapes(impl):
     m, l = torch.zeros(3), torch.ones(3)
-    assert_rejects(lambda: impl.softmax.merge_stats(m, l, torch.zeros(4), torch.ones(4)), "m_a", "m_b", "shape")
-    assert_rejects(lambda: impl.softmax.merge_stats(m, torch.ones(2), m, l), "l_a", "shape")
+    names = ("m_a", "l_a", "m_b", "l_b")  # any of them names the mismatch
+    assert_rejects(lambda: impl.softmax.merge_stats(m, l, torch.zeros(4), torch.ones(4)), *names)
+    assert_rejects(lambda: impl.softmax.merge_stats(m, torch.ones(2), m, l), *names)
 
 
 def test_bad_softmax_backward_shapes(impl):

@@ -25,8 +25,11 @@ def rows_at_wildly_different_scales(device="cpu"):
 
 # ------------------------------------------------------------------ softmax --
 
-@pytest.mark.parametrize("shape,dim", [((7,), -1), ((4, 9), -1), ((4, 9), 0), ((2, 5, 6), 1), ((2, 3, 5), -1)],
-                         ids=["1d", "2d_last", "2d_dim0", "3d_middle", "3d_last"])
+# The square case: a max taken without keepdim=True broadcasts along the wrong axis
+# there without any shape error.
+@pytest.mark.parametrize("shape,dim", [((7,), -1), ((4, 9), -1), ((4, 9), 0), ((2, 5, 6), 1), ((2, 3, 5), -1),
+                                       ((6, 6), -1)],
+                         ids=["1d", "2d_last", "2d_dim0", "3d_middle", "3d_last", "square"])
 def test_stable_softmax_matches_torch(impl, device, shape, dim):
     x = randn(*shape, seed=31, device=device, scale=3.0)
     assert_close(impl.softmax.stable_softmax(x, dim=dim), softmax_ref(x, dim=dim), probabilities=True,

@@ -22,6 +22,7 @@ from coursekit.reference import attention_ref, causal_mask_ref, padding_mask_ref
 from coursekit.testing import (
     assert_close,
     assert_no_nan,
+    assert_same_mask,
     assert_rejects,
     make_qkv,
     randn,
@@ -293,7 +294,7 @@ def test_mask_cache_bad_arguments(impl):
     assert_rejects(lambda: cache.causal(3.0), "q_len")
     assert_rejects(lambda: cache.causal(3, 1.0), "k_len")
     assert_rejects(lambda: cache.causal(True), "q_len")
-    assert_rejects(lambda: cache.causal(0), "q_len")
+    assert_rejects(lambda: cache.causal(-1), "q_len")
     assert_rejects(lambda: cache.causal(2, -1), "k_len")
 
 
@@ -313,7 +314,7 @@ def test_masks_are_built_on_the_requested_device(impl, device):
 # -------------------------------------------------------------- random shapes --
 
 @PROPERTY
-@given(q_len=st.integers(1, 40), k_len=st.integers(1, 40))
+@given(q_len=st.integers(0, 40), k_len=st.integers(0, 40))
 def test_causal_mask_on_random_shapes(impl, q_len, k_len):
     got = impl.masks.causal_mask(q_len, k_len)
     assert got.dtype == torch.bool and tuple(got.shape) == (q_len, k_len), (
@@ -358,11 +359,30 @@ def test_combine_masks_on_random_broadcastable_shapes(impl, data, rank, n_masks,
 
 # ---------------------------------------------------------------- bad input --
 
+@pytest.mark.parametrize("q_len,k_len", [(0, None), (0, 4), (3, 0)], ids=["0", "0x4", "3x0"])
+def test_causal_mask_of_zero_length(impl, q_len, k_len):
+    # Zero sizes are valid: an empty, correctly shaped mask (no query, or queries that see nothing).
+    got = impl.masks.causal_mask(q_len, k_len)
+    expected = causal_mask_ref(q_len, k_len)
+    assert_same_mask(got, expected, what=f"causal_mask({q_len}, {k_len})",
+                     hint="a zero length gives an empty mask of shape (q_len, k_len); only negative lengths are errors")
+    cached = impl.masks.MaskCache().causal(q_len, k_len)
+    assert_same_mask(cached, expected, what=f"MaskCache().causal({q_len}, {k_len})")
+
+
+@pytest.mark.parametrize("lengths,max_len", [([], None), ([], 5), ("empty_tensor", 3)],
+                         ids=["list", "list_max_len", "tensor_max_len"])
+def test_padding_mask_of_an_empty_batch(impl, lengths, max_len):
+    lengths = torch.zeros(0, dtype=torch.long) if lengths == "empty_tensor" else lengths
+    got = impl.masks.padding_mask(lengths, max_len)
+    expected = torch.zeros(0, 0 if max_len is None else max_len, dtype=torch.bool)
+    assert_same_mask(got, expected, what=f"padding_mask of an empty batch, max_len={max_len}",
+                     hint="an empty batch is valid: shape (0, max_len), max_len defaulting to 0")
+
+
 def test_causal_mask_bad_lengths(impl):
     causal = impl.masks.causal_mask
-    assert_rejects(lambda: causal(0), "q_len")
     assert_rejects(lambda: causal(-2), "q_len")
-    assert_rejects(lambda: causal(3, 0), "k_len")
     assert_rejects(lambda: causal(3, -1), "k_len")
     assert_rejects(lambda: causal(2.5), "q_len")
     assert_rejects(lambda: causal(3, 4.0), "k_len")
@@ -374,12 +394,12 @@ def test_padding_mask_bad_lengths(impl):
     padding = impl.masks.padding_mask
     assert_rejects(lambda: padding([3, -1, 2]), "lengths")
     assert_rejects(lambda: padding(torch.tensor([3, -1])), "lengths")
-    assert_rejects(lambda: padding([3, 5], max_len=4), "max_len")
-    assert_rejects(lambda: padding(torch.tensor([3, 5]), max_len=4), "max_len")
+    assert_rejects(lambda: padding([3, 5], max_len=4), "max_len", "lengths")  # either one is at fault
+    assert_rejects(lambda: padding(torch.tensor([3, 5]), max_len=4), "max_len", "lengths")
     assert_rejects(lambda: padding([1.5, 2]), "lengths")
     assert_rejects(lambda: padding(torch.tensor([1.0, 2.0])), "lengths")
     assert_rejects(lambda: padding(torch.tensor([[1, 2]])), "lengths")
-    assert_rejects(lambda: padding([]), "lengths")
+    assert_rejects(lambda: padding([2], max_len=-1), "max_len")
     assert_rejects(lambda: padding([2, 3], max_len=4.5), "max_len")
     assert_rejects(lambda: padding("3"), "lengths")
 
@@ -387,7 +407,7 @@ def test_padding_mask_bad_lengths(impl):
 def test_attention_mask_from_padding_bad_input(impl):
     from_padding = impl.masks.attention_mask_from_padding
     keys = padding_mask_ref([3, 5])                                          # (2, 5)
-    assert_rejects(lambda: from_padding(keys, padding_mask_ref([1, 2, 3])), "query_padding", "batch")
+    assert_rejects(lambda: from_padding(keys, padding_mask_ref([1, 2, 3])), "query_padding", "key_padding", "batch")
     assert_rejects(lambda: from_padding(keys.long()), "key_padding")
     assert_rejects(lambda: from_padding(keys.float()), "key_padding")
     assert_rejects(lambda: from_padding(keys[:, None, :]), "key_padding")

@@ -119,6 +119,24 @@ def test_combine_masks_is_and_with_broadcasting(impl, device):
                      what="combine_masks of three masks", hint="AND every mask in, not just the first two")
 
 
+def test_combine_masks_leaves_its_inputs_alone(impl, device):
+    # The first mask is often a shared one (MaskCache hands the same tensor to
+    # every caller): an in-place AND into it would change it for all of them.
+    cache = impl.masks.MaskCache()
+    causal = cache.causal(5, 5, device=device)
+    padding = padding_mask_ref([5, 2], device=device)[:, None, None, :]
+    square = random_bool_mask(5, 5, seed=4, device=device)
+    originals = [t.clone() for t in (causal, padding, square)]
+    impl.masks.combine_masks(causal, square)
+    impl.masks.combine_masks(causal, padding)
+    for name, t, before in zip(("first mask (from MaskCache)", "padding mask", "second mask"),
+                               (causal, padding, square), originals):
+        assert_same_mask(t, before, what=f"the {name} after combine_masks", hint=(
+            "combine_masks must return a new tensor (a & b), not AND into its first argument in place (&=)"))
+    assert_same_mask(cache.causal(5, 5, device=device), causal_mask_ref(5, 5, device=device),
+                     what="the cached causal mask after combine_masks", hint="cached masks are shared: treat them as read-only")
+
+
 def test_combine_masks_ignores_none(impl, device):
     mask = random_bool_mask(3, 5, seed=2, device=device)
     assert_same_mask(impl.masks.combine_masks(None, mask, None), mask, what="combine_masks(None, mask, None)",

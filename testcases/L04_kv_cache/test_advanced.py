@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coursekit.reference import mha_module_ref
-from coursekit.testing import assert_close, assert_no_nan, assert_rejects, randn
+from coursekit.testing import assert_close, assert_no_nan, assert_rejects, decode_in_chunks, left_padding, randn
 
 D_MODEL, HEADS, HEAD_DIM = 24, 3, 8
 
@@ -27,24 +27,6 @@ def make_mha(impl, d_model=D_MODEL, num_heads=HEADS, bias=False, seed=0, device=
             if bias:
                 proj.bias.copy_(0.5 * randn(d_model, seed=seed + 10 + i))
     return mha.to(device=device, dtype=dtype)
-
-
-def decode_in_chunks(mha, x, chunks, cache, key_padding_mask=None):
-    outs, start = [], 0
-    for n in chunks:
-        end = start + n
-        mask = None if key_padding_mask is None else key_padding_mask[:, :end]
-        outs.append(mha(x[:, start:end], key_padding_mask=mask, cache=cache))
-        start = end
-    return torch.cat(outs, dim=1)
-
-
-def left_padding(lengths, total, device="cpu"):
-    """(B, total) bool, True = real token, each row's real tokens at the right end."""
-    keep = torch.ones(len(lengths), total, dtype=torch.bool, device=device)
-    for b, n in enumerate(lengths):
-        keep[b, :total - n] = False
-    return keep
 
 
 # --------------------------------------------------------------- gradients --
@@ -174,6 +156,35 @@ def test_generate_zero_new_tokens_returns_the_prompt(impl):
         assert torch.equal(out, prompt), f"max_new_tokens=0 (use_cache={use_cache}) should return the prompt"
 
 
+# -------------------------------------------------------------- zero sizes --
+
+def test_empty_update_is_a_no_op_that_returns_the_contents(impl):
+    cache = impl.kv_cache.KVCache(2, 3, 6, 4)
+    k_all, v_all = cache.update(randn(2, 3, 0, 4), randn(2, 3, 0, 4))
+    assert cache.seq_len == 0 and tuple(k_all.shape) == (2, 3, 0, 4) and tuple(v_all.shape) == (2, 3, 0, 4), (
+        f"an empty update of an empty cache should return (2, 3, 0, 4) views and keep seq_len 0, got "
+        f"{tuple(k_all.shape)}, {tuple(v_all.shape)} and seq_len {cache.seq_len}")
+    k, v = randn(2, 3, 3, 4, seed=103), randn(2, 3, 3, 4, seed=104)
+    cache.update(k, v)
+    k_all, v_all = cache.update(randn(2, 3, 0, 4), randn(2, 3, 0, 4))
+    assert cache.seq_len == 3, f"an update of 0 positions changed seq_len from 3 to {cache.seq_len}"
+    assert_close(k_all, k, what="k_all after an empty update", hint="an empty update returns what the cache holds")
+    assert_close(v_all, v, what="v_all after an empty update")
+
+
+def test_zero_new_tokens_through_the_module(impl):
+    mha = make_mha(impl, seed=105)
+    x = randn(2, 4, D_MODEL, seed=106)
+    cache = impl.kv_cache.KVCache(2, HEADS, 6, HEAD_DIM)
+    mha(x, cache=cache)
+    out = mha(x[:, :0], cache=cache, key_padding_mask=torch.ones(2, 4, dtype=torch.bool))
+    assert tuple(out.shape) == (2, 0, D_MODEL), f"0 new tokens gave output shape {tuple(out.shape)}, expected (2, 0, {D_MODEL})"
+    assert cache.seq_len == 4, f"0 new tokens changed the cache's seq_len from 4 to {cache.seq_len}"
+    assert tuple(mha(x[:, :0]).shape) == (2, 0, D_MODEL), "an empty sequence without a cache gives (B, 0, d_model)"
+    positions = impl.kv_cache.token_positions(4, 0)
+    assert tuple(positions.shape) == (1, 0), f"token_positions(4, 0) has shape {tuple(positions.shape)}, expected (1, 0)"
+
+
 # -------------------------------------------------------- random chunkings --
 
 @settings(max_examples=30, deadline=None, derandomize=True, database=None)
@@ -216,7 +227,7 @@ def test_mismatched_updates_are_rejected_and_change_nothing(impl):
         "rank": (randn(2, 1, 4), randn(2, 1, 4), ("k",)),
         "dtype": (randn(2, 3, 1, 4, dtype=torch.float64), randn(2, 3, 1, 4, dtype=torch.float64), ("k", "dtype")),
         "not_a_tensor": ([[0.0]], randn(2, 3, 1, 4), ("k",)),
-        "overflow": (randn(2, 3, 7, 4), randn(2, 3, 7, 4), ("8", "9")),
+        "overflow": (randn(2, 3, 7, 4), randn(2, 3, 7, 4), ("max_seq_len", "cache", "k", "8")),
     }
     for case, (k_bad, v_bad, names) in bad.items():
         assert_rejects(lambda: cache.update(k_bad, v_bad), *names)
@@ -244,7 +255,10 @@ def test_bad_forward_input_is_rejected_before_the_cache_is_touched(impl):
         "mask_over_new_keys_only": (dict(key_padding_mask=torch.ones(2, 1, dtype=torch.bool)), ("key_padding_mask",)),
         "mask_not_bool": (dict(key_padding_mask=torch.ones(2, 5)), ("key_padding_mask",)),
         "mask_wrong_batch": (dict(key_padding_mask=torch.ones(3, 5, dtype=torch.bool)), ("key_padding_mask",)),
-        "causal_not_bool": (dict(causal="yes"), ("causal",)),
+        "causal_is_a_string": (dict(causal="yes"), ("causal",)),
+        "causal_is_an_int": (dict(causal=1), ("causal",)),
+        "causal_is_none": (dict(causal=None), ("causal",)),
+        "causal_is_a_tensor": (dict(causal=torch.tensor(True)), ("causal",)),
     }
     for case, (kwargs, names) in cases.items():
         assert_rejects(lambda: mha(step, cache=cache, **kwargs), *names)
@@ -256,9 +270,9 @@ def test_bad_forward_input_is_rejected_before_the_cache_is_touched(impl):
     assert_rejects(lambda: mha(randn(2, 3, D_MODEL, dtype=torch.float64)), "x", "dtype")
     assert_rejects(lambda: mha(randn(2, 3, D_MODEL).long()), "x")
     other = impl.kv_cache.KVCache(3, HEADS, 6, HEAD_DIM)
-    assert_rejects(lambda: mha(step, cache=other), "cache", "k")
+    assert_rejects(lambda: mha(step, cache=other), "cache", "x", "k")
     wrong_dtype = impl.kv_cache.KVCache(2, HEADS, 6, HEAD_DIM, dtype=torch.float64)
-    assert_rejects(lambda: mha(step, cache=wrong_dtype), "cache", "k", "dtype")
+    assert_rejects(lambda: mha(step, cache=wrong_dtype), "cache", "x", "k", "dtype")
 
 
 def test_decoding_past_the_cache_raises_a_named_error(impl):
@@ -266,19 +280,22 @@ def test_decoding_past_the_cache_raises_a_named_error(impl):
     cache = impl.kv_cache.KVCache(1, HEADS, 5, HEAD_DIM)
     x = randn(1, 7, D_MODEL, seed=101)
     decode_in_chunks(mha, x[:, :5], [4, 1], cache)
-    assert_rejects(lambda: mha(x[:, 5:7], cache=cache), "5", "7")
+    assert_rejects(lambda: mha(x[:, 5:7], cache=cache), "max_seq_len", "cache", "x", "k", "5")
     assert cache.seq_len == 5, f"a decoding step that overflows must leave the cache full at 5, got {cache.seq_len}"
 
 
 def test_bad_positions_and_generation_arguments_are_rejected(impl):
     positions = impl.kv_cache.token_positions
     assert_rejects(lambda: positions(-1, 2), "past_len")
-    assert_rejects(lambda: positions(0, 0), "new_len")
-    assert_rejects(lambda: positions(3, 2, torch.ones(2, 4, dtype=torch.bool)), "key_padding_mask")
+    assert_rejects(lambda: positions(0, -1), "new_len")
+    assert_rejects(lambda: positions(1.5, 2), "past_len")
+    assert_rejects(lambda: positions(3, 2, torch.ones(2, 4, dtype=torch.bool)), "key_padding_mask", "past_len", "new_len")
     torch.manual_seed(102)
     model = impl.kv_cache.TinyDecoder(vocab_size=20, d_model=8, num_heads=2, num_layers=1, max_positions=16)
     prompt = torch.zeros(1, 3, dtype=torch.long)
     assert_rejects(lambda: impl.kv_cache.greedy_generate(model, prompt, -1), "max_new_tokens")
     assert_rejects(lambda: impl.kv_cache.greedy_generate(model, prompt.float(), 2), "prompt_ids")
+    for bad in ("yes", 1, None):
+        assert_rejects(lambda bad=bad: impl.kv_cache.greedy_generate(model, prompt, 2, use_cache=bad), "use_cache")
     assert_rejects(lambda: impl.kv_cache.greedy_generate(model, prompt, 2, prompt_mask=torch.ones(1, 2).bool()),
-                   "prompt_mask")
+                   "prompt_mask", "prompt_ids")
