@@ -47,6 +47,8 @@ LESSONS = (
     Lesson("L07_sliding_window", "Sliding-window attention", ("sliding_window",)),
     Lesson("L08_fused_ops", "Fused ops with recomputation", ("fused_ops", "fused_ops_triton")),
     Lesson("L09_rope_decoder", "RoPE and a Llama-shaped decoder", ("rope", "decoder")),
+    Lesson("L12_kv_compression", "Compressing the KV cache: quantization, eviction, sinks",
+           ("kv_quant", "kv_eviction")),
 )
 
 
