@@ -74,7 +74,7 @@ def pack_codes(codes, bits):
     n = codes.shape[-1]
     pad = (-n) % per_byte
     codes = torch.nn.functional.pad(codes.to(torch.uint8), (0, pad))
-    codes = codes.view(*codes.shape[:-1], -1, per_byte)  # (..., bytes, per_byte)
+    codes = codes.reshape(*codes.shape[:-1], codes.shape[-1] // per_byte, per_byte)  # (..., bytes, per_byte)
     shifts = torch.arange(per_byte, device=codes.device, dtype=torch.uint8) * bits  # 0, b, 2b, ...
     return (codes << shifts).sum(dim=-1, dtype=torch.uint8)  # the fields do not overlap: sum == bitwise or
 
