@@ -36,7 +36,7 @@ result equals full attention restricted to the same visible set. (StreamingLLM
 re-rotates keys by their slot in the cache instead, so that distances stay within
 the trained range; rerotate shows the rotation that takes: R(p') R(p)^-1 = R(p' - p).)
 
-Names: ForgettingCurve, RetentionKVCache, soft_delete_scores, sparse_attention_masks,
+Names: ForgettingCurve, RetentionKVCache, soft_delete_scores, sparse_attention_masks, cached_key_masks,
 retention_forward, generate_with_retention, SinkKVCache, rerotate. Batches are
 unpadded (every row is real tokens); a row's tokens share one time axis.
 
@@ -125,6 +125,13 @@ def sparse_attention_masks(retentions, threshold=0.01):
     """One mask per layer: retentions, a list of (B, Lk) tensors (one per layer) ->
     list of bool (B, Lk), True = the key stays visible: retention >= threshold."""
     raise NotImplementedError("L12: implement sparse_attention_masks in model/kv_eviction.py (see tutorial/L12_kv_compression/README.md)")
+
+
+def cached_key_masks(caches, retentions, mode, threshold=0.01):
+    """Per layer, the cache slots a query may attend to, bool (B, capacity): the slots that
+    hold a token (valid; a free or evicted slot never), and in "sparse_attention" mode
+    only those whose retention is at least the threshold (sparse_attention_masks)."""
+    raise NotImplementedError("L12: implement cached_key_masks in model/kv_eviction.py (see tutorial/L12_kv_compression/README.md)")
 
 
 def new_retention_caches(model, batch_size, capacity, curve=None, num_sink=0):

@@ -36,7 +36,7 @@ result equals full attention restricted to the same visible set. (StreamingLLM
 re-rotates keys by their slot in the cache instead, so that distances stay within
 the trained range; rerotate shows the rotation that takes: R(p') R(p)^-1 = R(p' - p).)
 
-Names: ForgettingCurve, RetentionKVCache, soft_delete_scores, sparse_attention_masks,
+Names: ForgettingCurve, RetentionKVCache, soft_delete_scores, sparse_attention_masks, cached_key_masks,
 retention_forward, generate_with_retention, SinkKVCache, rerotate. Batches are
 unpadded (every row is real tokens); a row's tokens share one time axis.
 
@@ -194,6 +194,17 @@ def sparse_attention_masks(retentions, threshold=0.01):
     ### END SOLUTION
 
 
+def cached_key_masks(caches, retentions, mode, threshold=0.01):
+    """Per layer, the cache slots a query may attend to, bool (B, capacity): the slots that
+    hold a token (valid; a free or evicted slot never), and in "sparse_attention" mode
+    only those whose retention is at least the threshold (sparse_attention_masks)."""
+    ### BEGIN SOLUTION
+    if mode == "sparse_attention":
+        return [m & c.valid for m, c in zip(sparse_attention_masks(retentions, threshold), caches)]
+    return [c.valid.clone() for c in caches]
+    ### END SOLUTION
+
+
 def new_retention_caches(model, batch_size, capacity, curve=None, num_sink=0):
     """One RetentionKVCache per layer of an L09 Decoder (its kv heads, head_dim, dtype, device)."""
     config, weight = model.config, model.embed_tokens.weight
@@ -222,9 +233,7 @@ def retention_forward(model, input_ids, caches, mode="baseline", threshold=0.01)
     angle_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     cos, sin = rope_cos_sin(positions, config.head_dim, config.rope_base, dtype=angle_dtype)
     retentions = [cache.retention(t) for cache in caches]  # each layer its own
-    masks = sparse_attention_masks(retentions, threshold) if mode == "sparse_attention" else \
-        [cache.valid.clone() for cache in caches]
-    masks = [m & c.valid for m, c in zip(masks, caches)]
+    masks = cached_key_masks(caches, retentions, mode, threshold)  # (B, C) per layer
     causal = torch.ones(L, L, dtype=torch.bool, device=input_ids.device).tril()  # among the new tokens
     x = model.embed_tokens(input_ids)  # (B, L, hidden)
     tokens = []

@@ -285,6 +285,20 @@ def test_baseline_and_threshold_zero_equal_l09_generation(impl):
         assert stats["sparsity"] == 0.0, f"nothing is masked here, sparsity {stats['sparsity']}"
 
 
+@pytest.mark.parametrize("mode", ("baseline", "sparse_attention"))
+def test_retention_forward_equals_the_decoder(impl, mode):
+    # a cache with room to spare: the free slots must not be attended, and nothing has decayed below 0.01 yet
+    model = tiny_model(impl)
+    ids = torch.randint(0, 48, (2, 9), generator=torch.Generator().manual_seed(4))
+    caches = impl.kv_eviction.new_retention_caches(model, 2, 16)
+    got = [impl.kv_eviction.retention_forward(model, ids[:, :5], caches, mode)[0]]
+    got += [impl.kv_eviction.retention_forward(model, ids[:, t:t + 1], caches, mode)[0] for t in range(5, 9)]
+    want = decoder_visible_ref(model, ids, torch.ones(9, 9, dtype=torch.bool).tril())
+    assert_close(torch.cat(got, dim=1).double(), want, atol=1e-4, rtol=1e-4, what=f"retention_forward ({mode})",
+                 hint="attend only to slots that hold a token (valid), plus the new tokens causally; positions "
+                      "continue from next_position")
+
+
 def test_eviction_frees_slots(impl):
     E = impl.kv_eviction
     cache = E.RetentionKVCache(1, 2, 4, 4, curve=E.ForgettingCurve(initial_strength=4.0), num_sink=1)
