@@ -10,7 +10,8 @@ Run: ./course test L12    (or: pytest testcases/L12_kv_compression -m basic)
 Expected values come from coursekit.reference: minmax_groups_ref (min-max
 quantization from torch primitives), decoder_visible_ref (the decoder in float64
 with a given visible set), attention from torch.softmax, and the L09 decoder
-under test for the float-cache baseline.
+under test for the float-cache baseline. The decoder tests run your L09
+Decoder (and through it your L01-L07 modules): finish L09 first.
 """
 import math
 
