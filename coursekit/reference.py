@@ -415,3 +415,58 @@ def hf_decoder(vocab_size=61, hidden_size=36, intermediate_size=52, num_layers=2
     if exact and dtype == torch.float64:
         hf_exact(model)
     return model
+
+
+# --- L12 KV compression ---
+def minmax_groups_ref(x, bits, dim, group_size=None):
+    """Asymmetric min-max quantization statistics, from torch primitives.
+
+    Groups are runs of group_size indices along `dim` (None: the whole dim).
+    Returns (x_hat, scale) with x's shape, float64: x_hat = code * scale + lo with
+    code = clamp(round((x - lo) / scale), 0, 2^bits - 1) (0 where scale == 0), and
+    scale = (hi - lo) / (2^bits - 1) of the element's group, broadcast to every element."""
+    x = x.detach()
+    n = x.shape[dim]
+    g = n if group_size is None else group_size
+    pieces_hat, pieces_scale = [], []
+    for start in range(0, n, g):
+        part = x.narrow(dim, start, min(g, n - start)).to(torch.float32 if x.dtype != torch.float64 else x.dtype)
+        lo = part.amin(dim=dim, keepdim=True)
+        hi = part.amax(dim=dim, keepdim=True)
+        scale = (hi - lo) / (2 ** bits - 1)
+        code = torch.where(scale > 0, torch.round((part - lo) / torch.where(scale > 0, scale, 1.0)), 0.0)
+        code = code.clamp(0, 2 ** bits - 1)
+        pieces_hat.append((code * scale + lo).to(torch.float64))
+        pieces_scale.append(scale.expand_as(part).to(torch.float64))
+    if not pieces_hat:
+        return x.to(torch.float64), torch.zeros_like(x, dtype=torch.float64)
+    return torch.cat(pieces_hat, dim=dim), torch.cat(pieces_scale, dim=dim)
+
+
+def decoder_visible_ref(model, ids, visible):
+    """Logits of an L09-shaped decoder (Hugging Face Llama parameter names) in float64,
+    with attention restricted to a given visible set: visible (L, L) bool, True = query i
+    may attend to key j (positions 0..L-1, RoPE at the true positions). Built from
+    torch primitives and the model's weights only."""
+    p = {name: t.detach().to(torch.float64) for name, t in model.named_parameters()}
+    if "lm_head.weight" not in p:
+        p["lm_head.weight"] = p["embed_tokens.weight"]
+    cfg = model.config
+    B, L = ids.shape
+    H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.hidden_size // cfg.num_heads
+    x = p["embed_tokens.weight"][ids]  # (B, L, hidden)
+    pos = torch.arange(L)
+    for i in range(cfg.num_layers):
+        pre = f"layers.{i}."
+        h = rms_norm_ref(x, p[pre + "input_layernorm.weight"], cfg.rms_eps)
+        q = (h @ p[pre + "self_attn.q_proj.weight"].T).view(B, L, H, D).transpose(1, 2)
+        k = (h @ p[pre + "self_attn.k_proj.weight"].T).view(B, L, Hkv, D).transpose(1, 2)
+        v = (h @ p[pre + "self_attn.v_proj.weight"].T).view(B, L, Hkv, D).transpose(1, 2)
+        q, k = rope_rotate_ref(q, pos, cfg.rope_base), rope_rotate_ref(k, pos, cfg.rope_base)
+        k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
+        out, _ = attention_ref(q, k, v, mask=visible)
+        x = x + out.transpose(1, 2).reshape(B, L, H * D) @ p[pre + "self_attn.o_proj.weight"].T
+        h = rms_norm_ref(x, p[pre + "post_attention_layernorm.weight"], cfg.rms_eps)
+        gate, up = h @ p[pre + "mlp.gate_proj.weight"].T, h @ p[pre + "mlp.up_proj.weight"].T
+        x = x + (torch.nn.functional.silu(gate) * up) @ p[pre + "mlp.down_proj.weight"].T
+    return rms_norm_ref(x, p["norm.weight"], cfg.rms_eps) @ p["lm_head.weight"].T
