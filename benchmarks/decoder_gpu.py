@@ -31,6 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
+import _path  # noqa: F401  (before coursekit: the course folder on sys.path)
 import torch
 
 from coursekit.bench import print_table
