@@ -28,7 +28,7 @@ from pathlib import Path
 
 from coursekit import COURSE_ROOT, known_wrong, notebooks, stubs
 from coursekit.lessons import LESSONS
-from coursekit.pytest_plugin import run_with_report
+from coursekit.runner import run_with_report
 
 STUB_PACKAGE = "course_stubs"
 

@@ -65,6 +65,14 @@ def check_model():
     return True, str(COURSE_ROOT / "model"), ""
 
 
+def check_isolation():
+    """What `course grade` can wall a submission off with here (instructors)."""
+    from coursekit.sandbox import detect
+    found = detect()
+    fix = "" if found.strict else "for grading a class: apt-get install bubblewrap, and grade as root (cgroups)"
+    return True, found.detail, fix
+
+
 CHECKS = [
     ("python", check_python),
     ("torch", lambda: _package("torch", "torch", "./course reinstalls it; or: pip install -c constraints.txt torch")),
@@ -74,6 +82,7 @@ CHECKS = [
     ("pytest", lambda: _package("pytest", "pytest", "pip install -c constraints.txt pytest")),
     ("gpu", check_gpu),
     ("model/", check_model),
+    ("isolation", check_isolation),
 ]
 
 

@@ -11,11 +11,19 @@
 - `--course-report FILE` writes every test's outcome (and its points, from
   the `points(n)` marker, default 1) as JSON, rewritten after each test, so a
   run that dies still leaves what it had, plus the test that was running.
+- `--course-report-fd N` (the grader) streams the same outcomes as JSON lines
+  to file descriptor N, a pipe the grader reads (coursekit.runner).
 - `--course-timeout SECONDS` fails a test (setup, call or teardown) that runs
   longer, so one infinite loop costs one test, not the run.
-- Tampering guard: code under test that replaces torch's comparison functions
-  or the course's test helpers (say, `torch.allclose = lambda *a, **k: True`)
-  fails the test it ran in, and the originals are put back.
+- Tampering guard (coursekit.guard): code under test that rebinds or rewrites
+  (`__code__`, defaults, closures) what the tests rely on, in torch, numpy,
+  math, builtins, the course's helpers, pytest or pluggy, or registers a pytest
+  plugin or hook, fails the test it ran in, and the originals are put back.
+- Forbidden shortcuts (coursekit.policy): a call from the code under test to
+  what the lesson's exercise replaces fails the test, naming the call.
+
+This module runs inside pytest; the parent side (starting runs, reading their
+reports) is coursekit.runner.
 """
 import importlib
 import json
@@ -27,6 +35,7 @@ import threading
 import pytest
 import torch
 
+from coursekit import guard, policy
 from coursekit.impl import ENV_VAR, Implementation, impl_name
 
 MARKERS = {
@@ -46,6 +55,8 @@ def pytest_addoption(parser):
                     help=f"implementation package(s) under test, comma-separated (default: ${ENV_VAR} or 'model')")
     group.addoption("--course-report", default=None, metavar="FILE",
                     help="write each test's outcome to FILE as JSON")
+    group.addoption("--course-report-fd", default=None, type=int, metavar="N",
+                    help="stream each test's outcome to file descriptor N as JSON lines")
     group.addoption("--course-timeout", default=None, type=float, metavar="SECONDS",
                     help="fail any test phase that runs longer than SECONDS")
 
@@ -62,8 +73,14 @@ def triton_available() -> bool:
     return True
 
 
+IMPL_NAMES = pytest.StashKey[list]()
+
+
 def impl_names(config):
-    return impl_name(config.getoption("--impl")).split(",")
+    """The implementation package(s) under test, resolved once per run."""
+    if IMPL_NAMES not in config.stash:
+        config.stash[IMPL_NAMES] = impl_name(config.getoption("--impl")).split(",")
+    return config.stash[IMPL_NAMES]
 
 
 def pytest_configure(config):
@@ -75,10 +92,15 @@ def pytest_configure(config):
     # implementation module is imported (tests import them lazily, in fixtures).
     if not cuda_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    channel = None
+    if config.getoption("--course-report-fd") is not None:
+        channel = Channel(config.getoption("--course-report-fd"))
+        config.pluginmanager.register(OutcomeStreamer(channel), "course-outcome-streamer")
     if config.getoption("--course-report"):
         config.pluginmanager.register(OutcomeRecorder(config.getoption("--course-report")))
+    if channel or config.getoption("--course-report"):
         _skip_hypothesis_shrinking()
-    config.pluginmanager.register(TamperGuard(), "course-tamper-guard")
+    config.pluginmanager.register(TamperGuard(config, channel), "course-tamper-guard")
     if config.getoption("--course-timeout"):
         config.pluginmanager.register(TimeLimit(config.getoption("--course-timeout")))
 
@@ -148,6 +170,62 @@ def triton_device():
     return "cpu"
 
 
+def record_outcome(results, report):
+    """Fold one phase's report into results[nodeid]. A test's outcome is its
+    call phase, unless setup or teardown failed or it was skipped at setup."""
+    if report.when == "call" or report.outcome != "passed":
+        entry = results.setdefault(report.nodeid, {})
+        if entry.get("outcome") in ("failed", "error"):
+            return
+        outcome = report.outcome
+        if report.when != "call" and report.outcome == "failed":
+            outcome = "error"
+        entry["outcome"] = outcome
+        entry["message"] = _short_message(report)
+        entry["markers"] = sorted(m for m in MARKERS if m in report.keywords)
+        entry["points"] = dict(report.user_properties).get("points", 1)
+
+
+class Channel:
+    """JSON lines to the grader's pipe (one os.write per record, so records
+    from one process never interleave)."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def send(self, **record):
+        data = (json.dumps(record, sort_keys=True) + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError:
+            pass
+
+
+class OutcomeStreamer:
+    """hello, collected, start/result/finish per test, over a Channel."""
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.results = {}
+        channel.send(kind="hello")
+
+    def pytest_collection_finish(self, session):
+        self.channel.send(kind="collected", nodes=[item.nodeid for item in session.items])
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        self.channel.send(kind="start", node=nodeid)
+
+    def pytest_runtest_logreport(self, report):
+        record_outcome(self.results, report)
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        entry = self.results.get(nodeid, {"outcome": "error", "message": "no outcome was recorded"})
+        self.channel.send(kind="result", node=nodeid, outcome=entry["outcome"],
+                          message=entry["message"][:4000], points=entry.get("points", 1))
+        self.channel.send(kind="finish", node=nodeid)
+
+
 class OutcomeRecorder:
     """Writes {"collected": [nodeid], "running": nodeid or null, "results":
     {nodeid: {"outcome", "message", "points", "markers"}}} to `path` after
@@ -168,19 +246,7 @@ class OutcomeRecorder:
         self._write()
 
     def pytest_runtest_logreport(self, report):
-        # A test's outcome is its call phase, unless setup or teardown failed
-        # or it was skipped at setup.
-        if report.when == "call" or report.outcome != "passed":
-            entry = self.results.setdefault(report.nodeid, {})
-            if entry.get("outcome") in ("failed", "error"):
-                return
-            outcome = report.outcome
-            if report.when != "call" and report.outcome == "failed":
-                outcome = "error"
-            entry["outcome"] = outcome
-            entry["message"] = _short_message(report)
-            entry["markers"] = sorted(m for m in MARKERS if m in report.keywords)
-            entry["points"] = dict(report.user_properties).get("points", 1)
+        record_outcome(self.results, report)
 
     def pytest_runtest_logfinish(self, nodeid, location):
         self.running = None
@@ -198,34 +264,6 @@ class OutcomeRecorder:
         os.replace(tmp, self.path)
 
 
-def read_report(path):
-    """The report as written by --course-report; empty if none was written."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {"collected": [], "running": None, "results": {}}
-
-
-def run_with_report(targets, impl, *args, pythonpath=None, capture=True):
-    """pytest on `targets` (paths) with `impl` in a subprocess from the course
-    folder, `pythonpath` (where impl lives) first on the path; returns
-    (the finished process, {nodeid: result})."""
-    import subprocess
-    import tempfile
-
-    from coursekit import COURSE_ROOT
-    env = dict(os.environ)
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), str(COURSE_ROOT)])
-    with tempfile.TemporaryDirectory() as tmp:
-        report = os.path.join(tmp, "report.json")
-        run = subprocess.run([sys.executable, "-m", "pytest", *map(str, targets), "--impl", impl,
-                              "-p", "no:cacheprovider", "--course-report", report, *args],
-                             cwd=COURSE_ROOT, env=env, capture_output=capture, text=True)
-        return run, read_report(report)["results"]
-
-
 def pytest_runtest_setup(item):
     marker = item.get_closest_marker("points")
     if marker:
@@ -233,44 +271,29 @@ def pytest_runtest_setup(item):
 
 
 class TamperGuard:
-    """Remembers what the comparison functions are before any student code runs
-    and checks them after every test phase. Protects torch's and numpy's
-    comparisons, coursekit's helpers and references, and each test module's own
-    names for them. (Code in the same process can always dig deeper; this
-    stops the patches that make a wrong answer look right.)"""
+    """Checks after every test phase that nothing the tests rely on was
+    replaced (coursekit.guard), that no plugin or hook was registered, and that
+    the code under test called nothing its lesson forbids (coursekit.policy).
+    A finding fails the test with a message naming it, is undone, and is
+    reported on the grader's channel as a flag."""
 
-    def __init__(self):
-        import coursekit.reference
-        import coursekit.testing
-        self.bindings = {}  # (namespace dict, name) -> original object
-        for module_name, names in coursekit.testing.COMPARISONS.items():
-            module = importlib.import_module(module_name)
-            for name in names:
-                self._watch(vars(module), name)
-        for module in (coursekit.testing, coursekit.reference):
-            for name, value in vars(module).items():
-                if callable(value) and not name.startswith("_"):
-                    self._watch(vars(module), name)
-        self.originals = {id(obj) for _, obj in self.bindings.values()}
-
-    def _watch(self, namespace, name):
-        self.bindings[(id(namespace), name)] = (namespace, namespace[name])
+    def __init__(self, config, channel):
+        import coursekit.reference  # noqa: F401 (watched below)
+        import coursekit.testing  # noqa: F401
+        self.config, self.channel = config, channel
+        self.student_dirs = _package_dirs(impl_names(config))
+        self.forbidden_calls = []
+        policy.guard_references(self.student_dirs, self.forbidden_calls)
+        self.snapshot = guard.Snapshot()
+        self.plugins = None
 
     def pytest_collection_finish(self, session):
-        # A test module's own reference to assert_close etc. is guarded too.
+        # A test module's own names for the watched objects are guarded too.
         for item in session.items:
             module = getattr(item, "module", None)
-            for name, value in vars(module).items() if module else ():
-                if id(value) in self.originals:
-                    self._watch(vars(module), name)
-
-    def _restore_tampered(self):
-        tampered = []
-        for (_, name), (namespace, original) in self.bindings.items():
-            if namespace.get(name) is not original:
-                namespace[name] = original
-                tampered.append(f"{namespace.get('__name__', '?')}.{name}")
-        return tampered
+            if module is not None:
+                self.snapshot.watch_module_globals(module.__name__, module)
+        self.plugins = guard.PluginWatch(self.config.pluginmanager)
 
     # try/finally: the check runs (and restores) even when the phase failed.
     @pytest.hookimpl(wrapper=True)
@@ -278,28 +301,64 @@ class TamperGuard:
         try:
             return (yield)
         finally:
-            self._check()
+            self._check(item)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item):
+        watch = policy.ShortcutWatch(policy.cached_forbidden_for(_lesson_number(item)), self.student_dirs)
         try:
-            return (yield)
+            with watch:
+                return (yield)
         finally:
-            self._check()
+            self.forbidden_calls += watch.calls
+            self._check(item)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(self, item):
         try:
             return (yield)
         finally:
-            self._check()
+            self._check(item)
 
-    def _check(self):
-        tampered = self._restore_tampered()
-        if tampered:
-            raise AssertionError(
-                f"the code under test replaced {', '.join(sorted(tampered))}: a test's comparisons are not "
-                "the code's to change (restored for the next test)")
+    def _check(self, item):
+        replaced = self.snapshot.check()
+        registered = self.plugins.check() if self.plugins else []
+        calls, self.forbidden_calls[:] = list(self.forbidden_calls), []
+        problems = []
+        if replaced or registered:
+            problems.append(f"the code under test replaced {', '.join(replaced + registered)}: what a test relies on "
+                            "is not the code's to change (restored for the next test)")
+        if calls:
+            problems.append(f"the code under test called {', '.join(dict.fromkeys(calls))}, which this "
+                            "exercise forbids (coursekit/policy.py): compute it by hand")
+        if problems:
+            if self.channel:
+                self.channel.send(kind="flag", reason=f"{item.nodeid}: {'; '.join(problems)}"[:500])
+            raise AssertionError("\n".join(problems))
+
+
+def _package_dirs(names):
+    """Folders of the implementation packages (without importing them)."""
+    import importlib.util
+    from coursekit.impl import _ensure_course_root_importable
+    _ensure_course_root_importable()
+    dirs = []
+    for name in names:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            dirs.append(os.path.join(os.path.realpath(location), ""))
+            dirs.append(os.path.join(location, ""))
+    return tuple(dict.fromkeys(dirs)) or ("\0",)
+
+
+def _lesson_number(item):
+    for part in item.path.parts:
+        if len(part) >= 3 and part[0] == "L" and part[1:3].isdigit():
+            return part[:3]
+    return ""
 
 
 class TestTimeLimitExceeded(BaseException):
@@ -351,4 +410,8 @@ def _short_message(report):
     if report.skipped and isinstance(report.longrepr, tuple):
         return report.longrepr[2]
     crash = getattr(report.longrepr, "reprcrash", None)
-    return crash.message if crash else str(report.longrepr)[-2000:]
+    return crash.message[:4000] if crash else str(report.longrepr)[-2000:]
+
+
+# The parent side lives in coursekit.runner; these names stay importable here.
+from coursekit.runner import read_report, run_with_report  # noqa: E402,F401

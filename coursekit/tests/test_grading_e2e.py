@@ -22,7 +22,7 @@ from coursekit import COURSE_ROOT
 from coursekit.grade import Limits, grade_class
 from coursekit.known_wrong import describe, known_wrong_files
 from coursekit.lessons import find_lesson
-from coursekit.pytest_plugin import read_report
+from coursekit.runner import read_report
 from coursekit.stubs import expected_stubs
 
 pytestmark = pytest.mark.slow

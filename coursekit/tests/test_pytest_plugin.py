@@ -9,7 +9,7 @@ import torch
 
 from coursekit import COURSE_ROOT
 from coursekit.impl import ENV_VAR
-from coursekit.pytest_plugin import read_report
+from coursekit.runner import read_report
 
 pytest_plugins = ["pytester"]
 

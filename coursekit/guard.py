@@ -1,0 +1,194 @@
+"""Notice (and undo) code under test that rewires what the tests rely on.
+
+`Snapshot` records, before any student code runs, every name of the watched
+namespaces (torch, torch.Tensor, torch.nn.functional, torch.testing, numpy,
+math, builtins, the course's helpers and references, pytest's and pluggy's
+internals, the grading plugin) and, for each Python function among them, its
+code object, defaults, keyword defaults and closure cells. `check()` compares,
+puts every original back and returns what was replaced, so a test that ran
+tampered code fails with a message naming it.
+
+Code in the same process can always dig deeper than a check written in
+Python; this closes the easy routes (rebinding, swapping `__code__`, shadowing
+a Tensor method, replacing a module in sys.modules), and the static scan
+(coursekit.scan) flags the code that tries.
+"""
+import importlib
+import sys
+import types
+
+MODULES = ("torch", "torch.nn.functional", "torch.testing", "torch.linalg", "torch.special", "torch.autograd",
+           "torch.nn.init", "numpy", "numpy.testing", "math", "builtins", "operator", "functools",
+           "coursekit.testing", "coursekit.reference", "coursekit.impl", "coursekit.guard", "coursekit.policy",
+           "coursekit.pytest_plugin", "pluggy")
+PREFIXES = ("_pytest.", "pluggy.", "coursekit.")
+# Names pytest itself rebinds around every test.
+MUTABLE = {("_pytest.assertion.util", "_reprcompare"), ("_pytest.assertion.util", "_assertion_pass"),
+           ("_pytest.assertion.util", "_config")}
+CLASSES = ("torch.Tensor", "torch.nn.Module", "torch.autograd.Function")
+FUNCTION_PARTS = ("__code__", "__defaults__", "__kwdefaults__")
+
+
+def _resolve(dotted):
+    module_name, _, attr = dotted.rpartition(".")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _function_state(fn):
+    cells = tuple(cell.cell_contents if _filled(cell) else _EMPTY for cell in (fn.__closure__ or ()))
+    return tuple(getattr(fn, part) for part in FUNCTION_PARTS) + (cells,)
+
+
+class _Empty:
+    pass
+
+
+_EMPTY = _Empty()
+
+
+def _filled(cell):
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def _inner_function(value):
+    """The Python function behind a watched value, if any."""
+    if isinstance(value, (staticmethod, classmethod)):
+        value = value.__func__
+    elif isinstance(value, property):
+        value = value.fget
+    return value if isinstance(value, types.FunctionType) else None
+
+
+class Snapshot:
+    def __init__(self, extra_modules=()):
+        self.namespaces = []   # (label, dict, {name: value}, watch additions)
+        self.functions = {}    # id(fn) -> (label, fn, state)
+        self.modules = {}      # sys.modules name -> module
+        seen = set()
+        names = [m for m in (*MODULES, *extra_modules) if m]
+        names += [m for m in list(sys.modules) if m.startswith(PREFIXES)]
+        for name in dict.fromkeys(names):
+            try:
+                module = importlib.import_module(name)
+            except Exception:
+                continue
+            self.modules[name] = module
+            self._watch(name, module, vars(module), additions=False, seen=seen)
+            if name.startswith(PREFIXES) or name in ("pluggy",):
+                for attr, value in list(vars(module).items()):
+                    if isinstance(value, type) and value.__module__ == name:
+                        self._watch(f"{name}.{attr}", value, value.__dict__, additions=True, seen=seen)
+        for dotted in CLASSES:
+            cls = _resolve(dotted)
+            self._watch(dotted, cls, cls.__dict__, additions=True, seen=seen)
+
+    def _watch(self, label, owner, namespace, additions, seen):
+        if id(namespace) in seen:
+            return
+        seen.add(id(namespace))
+        saved = {name: value for name, value in namespace.items()
+                 if _watched(value) and (label, name) not in MUTABLE}
+        self.namespaces.append((label, owner, saved, additions))
+        for name, value in namespace.items():
+            fn = _inner_function(value)
+            if fn is not None and id(fn) not in self.functions:
+                self.functions[id(fn)] = (f"{label}.{name}", fn, _function_state(fn))
+
+    def watch_module_globals(self, label, module):
+        """Also watch a test module's own names for the watched objects."""
+        ids = {id(value) for _, _, saved, _ in self.namespaces for value in saved.values()}
+        saved = {n: v for n, v in vars(module).items() if id(v) in ids}
+        self.namespaces.append((label, module, saved, False))
+
+    def check(self):
+        """Put back whatever changed; returns what was replaced (sorted names)."""
+        changed = []
+        for name, module in self.modules.items():
+            if sys.modules.get(name) is not module:
+                sys.modules[name] = module
+                changed.append(f"sys.modules[{name!r}]")
+        for label, owner, saved, additions in self.namespaces:
+            current = owner.__dict__ if isinstance(owner, type) else vars(owner)
+            for name, value in saved.items():
+                if current.get(name, _EMPTY) is not value:
+                    changed.append(f"{label}.{name}")
+                    _set(owner, name, value)
+            if additions:
+                for name in [n for n, v in current.items() if n not in saved and _watched(v)]:
+                    changed.append(f"{label}.{name} (added)")
+                    _delete(owner, name)
+        for label, fn, state in self.functions.values():
+            if _function_state(fn) != state:
+                changed.append(f"{label} (its code, defaults or closure)")
+                *parts, cells = state
+                for part, value in zip(FUNCTION_PARTS, parts):
+                    try:
+                        setattr(fn, part, value)
+                    except (TypeError, ValueError):
+                        pass
+                for cell, value in zip(fn.__closure__ or (), cells):
+                    if value is not _EMPTY:
+                        cell.cell_contents = value
+        return sorted(set(changed))
+
+
+def _watched(value):
+    """Functions, classes and descriptors: what a test calls. Plain data
+    (caches, settings) changes legitimately and is left alone."""
+    return callable(value) or isinstance(value, (staticmethod, classmethod, property, types.ModuleType))
+
+
+def _set(owner, name, value):
+    try:
+        if isinstance(owner, dict):
+            owner[name] = value
+        else:
+            setattr(owner, name, value)
+    except (TypeError, AttributeError):
+        pass
+
+
+def _delete(owner, name):
+    try:
+        delattr(owner, name)
+    except (TypeError, AttributeError):
+        pass
+
+
+
+class PluginWatch:
+    """The plugins and hook implementations registered when collection ends;
+    anything registered later came from code under test."""
+
+    def __init__(self, pluginmanager):
+        self.pm = pluginmanager
+        self.plugins = {id(p) for p in pluginmanager.get_plugins()}
+        self.hooks = self._hookimpls()
+
+    def _hookimpls(self):
+        found = {}
+        for name in dir(self.pm.hook):
+            caller = getattr(self.pm.hook, name, None)
+            get = getattr(caller, "get_hookimpls", None)
+            if get:
+                found[name] = tuple(id(impl.function) for impl in get())
+        return found
+
+    def check(self):
+        changed = []
+        for plugin in list(self.pm.get_plugins()):
+            if id(plugin) not in self.plugins:
+                changed.append(f"a pytest plugin registered by the code under test ({self.pm.get_name(plugin)})")
+                try:
+                    self.pm.unregister(plugin)
+                except Exception:
+                    pass
+        now = self._hookimpls()
+        for name, impls in now.items():
+            if impls != self.hooks.get(name, ()):
+                changed.append(f"pytest hook {name} (implementations added or replaced)")
+        return changed
