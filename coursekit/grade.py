@@ -126,9 +126,27 @@ def run_lesson(lesson, model_dir: Path, limits: Limits, isolation=None, parent=N
         shutil.rmtree(sandbox, ignore_errors=True)
     if not collected:
         raise RuntimeError("the test process collected no tests")
+    flags = summarise_flags(flags)
     for node in collected:
         outcomes.setdefault(node, {"outcome": "not run", "message": "the run ended before this test", "points": None})
     return outcomes, flags
+
+
+def summarise_flags(flags):
+    """One line per reason: 'reason (in N tests, first NODE)' for per-test flags."""
+    by_reason, order = {}, []
+    for flag in flags:
+        node, sep, reason = flag.partition(": ")
+        if not sep or "::" not in node:
+            node, reason = None, flag
+        if reason not in by_reason:
+            by_reason[reason] = []
+            order.append(reason)
+        if node:
+            by_reason[reason].append(node)
+    return [reason if not by_reason[reason] else
+            f"{reason} (in {len(by_reason[reason])} test{'s' if len(by_reason[reason]) > 1 else ''}, "
+            f"first {by_reason[reason][0]})" for reason in order]
 
 
 def score_lesson(student, lesson, outcomes, baseline, flags=()) -> LessonGrade:

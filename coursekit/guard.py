@@ -87,9 +87,9 @@ class Snapshot:
             self._watch(dotted, cls, cls.__dict__, additions=True, seen=seen)
 
     def _watch(self, label, owner, namespace, additions, seen):
-        if id(namespace) in seen:
+        if id(owner) in seen:  # (owner, not the namespace: a class's mappingproxy is a fresh object)
             return
-        seen.add(id(namespace))
+        seen.add(id(owner))
         saved = {name: value for name, value in namespace.items()
                  if _watched(value) and (label, name) not in MUTABLE}
         self.namespaces.append((label, owner, saved, additions))
@@ -182,7 +182,7 @@ class PluginWatch:
         changed = []
         for plugin in list(self.pm.get_plugins()):
             if id(plugin) not in self.plugins:
-                changed.append(f"a pytest plugin registered by the code under test ({self.pm.get_name(plugin)})")
+                changed.append(f"registered a pytest plugin ({type(plugin).__name__})")
                 try:
                     self.pm.unregister(plugin)
                 except Exception:
@@ -190,5 +190,5 @@ class PluginWatch:
         now = self._hookimpls()
         for name, impls in now.items():
             if impls != self.hooks.get(name, ()):
-                changed.append(f"pytest hook {name} (implementations added or replaced)")
+                changed.append(f"changed the implementations of pytest hook {name}")
         return changed

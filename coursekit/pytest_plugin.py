@@ -57,6 +57,8 @@ def pytest_addoption(parser):
                     help="write each test's outcome to FILE as JSON")
     group.addoption("--course-report-fd", default=None, type=int, metavar="N",
                     help="stream each test's outcome to file descriptor N as JSON lines")
+    group.addoption("--course-token-fd", default=None, type=int, metavar="N",
+                    help="read the token that signs the --course-report-fd records from file descriptor N")
     group.addoption("--course-timeout", default=None, type=float, metavar="SECONDS",
                     help="fail any test phase that runs longer than SECONDS")
 
@@ -94,7 +96,7 @@ def pytest_configure(config):
         os.environ.setdefault("TRITON_INTERPRET", "1")
     channel = None
     if config.getoption("--course-report-fd") is not None:
-        channel = Channel(config.getoption("--course-report-fd"))
+        channel = Channel(config.getoption("--course-report-fd"), config.getoption("--course-token-fd"))
         config.pluginmanager.register(OutcomeStreamer(channel), "course-outcome-streamer")
     if config.getoption("--course-report"):
         config.pluginmanager.register(OutcomeRecorder(config.getoption("--course-report")))
@@ -114,7 +116,7 @@ def _skip_hypothesis_shrinking():
         from hypothesis import Phase, settings
     except ImportError:
         return
-    settings.register_profile("course-batch", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    settings.register_profile("course-batch", phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None)
     settings.load_profile("course-batch")
 
 
@@ -190,11 +192,14 @@ class Channel:
     """JSON lines to the grader's pipe (one os.write per record, so records
     from one process never interleave)."""
 
-    def __init__(self, fd):
-        self.fd = fd
+    def __init__(self, fd, token_fd=None):
+        self.fd, self._token = fd, ""
+        if token_fd is not None:  # read once, before any code under test is imported, and closed
+            self._token = os.read(token_fd, 64).decode()
+            os.close(token_fd)
 
     def send(self, **record):
-        data = (json.dumps(record, sort_keys=True) + "\n").encode()
+        data = (json.dumps({**record, "token": self._token}, sort_keys=True) + "\n").encode()
         try:
             while data:
                 data = data[os.write(self.fd, data):]
@@ -227,41 +232,34 @@ class OutcomeStreamer:
 
 
 class OutcomeRecorder:
-    """Writes {"collected": [nodeid], "running": nodeid or null, "results":
-    {nodeid: {"outcome", "message", "points", "markers"}}} to `path` after
-    every test."""
+    """Appends one JSON line per event to `path` (collected, start, result,
+    finish), flushed at once, so a run that dies leaves everything up to the
+    test it was running. coursekit.runner.read_report folds the lines into
+    {"collected", "running", "results"}."""
 
     def __init__(self, path):
-        self.path = path
-        self.collected = []
         self.results = {}
-        self.running = None
+        self.file = open(path, "w", buffering=1)
+
+    def _line(self, **record):
+        self.file.write(json.dumps(record, sort_keys=True) + "\n")
 
     def pytest_collection_finish(self, session):
-        self.collected = [item.nodeid for item in session.items]
-        self._write()
+        self._line(collected=[item.nodeid for item in session.items])
 
     def pytest_runtest_logstart(self, nodeid, location):
-        self.running = nodeid
-        self._write()
+        self._line(start=nodeid)
 
     def pytest_runtest_logreport(self, report):
         record_outcome(self.results, report)
 
     def pytest_runtest_logfinish(self, nodeid, location):
-        self.running = None
-        self._write()
+        if nodeid in self.results:
+            self._line(result=nodeid, entry=self.results[nodeid])
+        self._line(finish=nodeid)
 
-    def pytest_sessionfinish(self, session):
-        self._write()
-
-    def _write(self):
-        # Write then rename: a process killed mid-write leaves the last full report.
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"collected": self.collected, "running": self.running, "results": self.results},
-                      f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+    def pytest_unconfigure(self, config):
+        self.file.close()
 
 
 def pytest_runtest_setup(item):
@@ -325,12 +323,15 @@ class TamperGuard:
         registered = self.plugins.check() if self.plugins else []
         calls, self.forbidden_calls[:] = list(self.forbidden_calls), []
         problems = []
-        if replaced or registered:
-            problems.append(f"the code under test replaced {', '.join(replaced + registered)}: what a test relies on "
+        if replaced:
+            problems.append(f"the code under test replaced {', '.join(replaced)}: what a test relies on "
                             "is not the code's to change (restored for the next test)")
+        if registered:
+            problems.append(f"the code under test {', '.join(registered)}: pytest is not the code's to steer "
+                            "(removed for the next test)")
         if calls:
-            problems.append(f"the code under test called {', '.join(dict.fromkeys(calls))}, which this "
-                            "exercise forbids (coursekit/policy.py): compute it by hand")
+            problems.append(f"forbidden in this exercise (coursekit/policy.py): {', '.join(dict.fromkeys(calls))}: "
+                            "compute it by hand, with plain torch tensors")
         if problems:
             if self.channel:
                 self.channel.send(kind="flag", reason=f"{item.nodeid}: {'; '.join(problems)}"[:500])

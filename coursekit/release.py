@@ -37,20 +37,60 @@ def nbgrader(*args, check=True, course_dir=None):
     """Run an nbgrader command in the instructor's course folder (or
     `course_dir`). Kernels it starts import the tooling from a copy without
     solutions/ next to it, so student code cannot reach the reference through
-    coursekit."""
+    coursekit. Autograding also: grades from a private snapshot of submitted/,
+    starts every kernel in the grader's sandbox (coursekit.nbsandbox: the
+    gradebook, the course folder, other students and the network out of reach;
+    every process it starts dies with it), and afterwards puts back any change
+    to the gradebook other than the graded submissions' scores."""
+    from coursekit import gradebook, nbsandbox, sandbox
     course_dir = Path(course_dir or NBGRADER_DIR)
     with tempfile.TemporaryDirectory(prefix="nbgrader-path-") as tmp:
         copy_coursekit(tmp)
-        if args and args[0] == "autograde" and (course_dir / "submitted").is_dir():
-            # Grade from a private snapshot: a notebook run earlier cannot rewrite
-            # a later student's submission through ../../submitted.
-            snapshot = Path(tmp) / "submitted"
-            shutil.copytree(course_dir / "submitted", snapshot)
-            args = (*args, f"--CourseDirectory.submitted_directory={snapshot}")
         env = dict(os.environ, PYTHONPATH=tmp,
                    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-        return subprocess.run([sys.executable, "-m", "nbgrader", *args, "--log-level=WARN"],
-                              cwd=course_dir, env=env, check=check).returncode
+        autograde = bool(args) and args[0] == "autograde"
+        database = course_dir / "gradebook.db"
+        if autograde:
+            if (course_dir / "submitted").is_dir():
+                # Grade from a private snapshot: a notebook run earlier cannot rewrite
+                # a later student's submission through ../../submitted.
+                snapshot = Path(tmp) / "submitted"
+                shutil.copytree(course_dir / "submitted", snapshot)
+                args = (*args, f"--CourseDirectory.submitted_directory={snapshot}")
+            jupyter = Path(tmp) / "jupyter"
+            nbsandbox.install_kernelspec(jupyter)
+            ipc = jupyter / "runtime"
+            ipc.mkdir(parents=True)
+            prefix = f"coursegrade-nb{os.getpid()}-"
+            env.update(JUPYTER_PATH=str(jupyter), JUPYTER_RUNTIME_DIR=str(ipc), COURSE_NB_IPC_DIR=str(ipc),
+                       **{nbsandbox.CGROUP_PREFIX_ENV: prefix})
+            # ZeroMQ over unix sockets in ipc/: the kernel's network namespace has no route to the grader.
+            args = (*args, "--KernelManager.transport=ipc", f"--KernelManager.ip={ipc}/k")
+            print(f"isolation: {sandbox.detect().detail}")
+            if database.exists():
+                shutil.copyfile(database, Path(tmp) / "gradebook-before.db")
+        try:
+            returncode = subprocess.run([sys.executable, "-m", "nbgrader", *args, "--log-level=WARN"],
+                                        cwd=course_dir, env=env, check=False).returncode
+        finally:
+            if autograde:
+                sandbox.Cgroup.remove_all(prefix)
+        if autograde and (Path(tmp) / "gradebook-before.db").exists() and database.exists():
+            students = _option_values(args, "--student")
+            assignment = next((a for a in args[1:] if not a.startswith("-")), None)
+            for problem in gradebook.undo_foreign_changes(Path(tmp) / "gradebook-before.db", database,
+                                                          students, assignment):
+                print(f"gradebook: undone a change autograding may not make: {problem}")
+        if check and returncode:
+            raise subprocess.CalledProcessError(returncode, ["nbgrader", *args])
+        return returncode
+
+
+def _option_values(args, name):
+    """The values of --name=V / --name V in args; None if the option is absent (all students)."""
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"{name}=")]
+    values += [args[i + 1] for i, a in enumerate(args[:-1]) if a == name]
+    return set(values) if values else None
 
 
 def generate_assignment(lesson) -> Path:

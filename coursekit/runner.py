@@ -12,6 +12,7 @@ Two ways, by how far the code under test is trusted:
 """
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -27,12 +28,29 @@ CHANNEL_LIMIT = 8 * 2**20     # bytes read from one run's pipe
 
 
 def read_report(path):
-    """The report as written by --course-report; empty if none was written."""
+    """The report as written by --course-report: {"collected": [nodeid],
+    "running": the test that started and did not finish (or None), "results":
+    {nodeid: {"outcome", "message", "points", "markers"}}}; empty if none was written."""
+    report = {"collected": [], "running": None, "results": {}}
     try:
         with open(path) as f:
-            return json.load(f)
+            lines = f.read().splitlines()
     except FileNotFoundError:
-        return {"collected": [], "running": None, "results": {}}
+        return report
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # the last line of a process killed mid-write
+            continue
+        if "collected" in record:
+            report["collected"] = record["collected"]
+        elif "start" in record:
+            report["running"] = record["start"]
+        elif "result" in record:
+            report["results"][record["result"]] = record["entry"]
+        elif "finish" in record:
+            report["running"] = None
+    return report
 
 
 def run_with_report(targets, impl, *args, pythonpath=None, capture=True):
@@ -63,7 +81,14 @@ class RunRecord:
     flags: list = field(default_factory=list)       # reasons the run looked tampered with
     killed: str = None                              # why the grader killed it, if it did
 
+    token: str = ""                                 # what every genuine record carries
+
     def take(self, record):
+        if record.get("token") != self.token:
+            reason = "a forged record on the report channel (written by the code under test)"
+            if reason not in self.flags:
+                self.flags.append(reason)
+            return
         kind = record.get("kind")
         if kind == "hello":
             self.started = True
@@ -90,11 +115,11 @@ class RunRecord:
 ENTRY = "import sys; sys.path.insert(0, sys.argv.pop(1)); import pytest; sys.exit(pytest.main(sys.argv[1:]))"
 
 
-def pytest_argv(root, tests, report_fd, limits, deselect=(), select=None):
+def pytest_argv(root, tests, report_fd, token_fd, limits, deselect=(), select=None):
     argv = [sys.executable, "-I", "-c", ENTRY, str(root), tests,
             "-p", "coursekit.pytest_plugin", "-p", "no:cacheprovider", "--noconftest",
             f"--rootdir={root}", "-c", f"{root}/pyproject.toml", f"--confcutdir={root}/testcases",
-            "--impl=model", f"--course-report-fd={report_fd}", f"--course-timeout={limits.seconds_per_test}",
+            "--impl=model", f"--course-report-fd={report_fd}", f"--course-token-fd={token_fd}", f"--course-timeout={limits.seconds_per_test}",
             "-q", "--tb=short"]
     try:
         import _hypothesis_pytestplugin  # noqa: F401 (autoloading is off: name the one plugin the tests use)
@@ -114,14 +139,21 @@ def run_graded(folder: Path, tests: str, limits, isolation, deselect=(), select=
     """One pytest process over `tests` (a path relative to `folder`) in the
     sandbox `folder`, its report read from the grader's pipe."""
     read_end, write_end = os.pipe()
+    # The plugin reads a fresh token from this pipe at start-up, before any
+    # student code is imported, and signs every record with it: records the
+    # code under test writes to the report pipe itself are recognised as forged.
+    token_read, token_write = os.pipe()
+    token = secrets.token_hex(16)
+    os.write(token_write, token.encode())
+    os.close(token_write)
     if isolation.level == "bwrap":
         root = sandboxing.SANDBOX_ROOT
-        argv = sandboxing.bwrap_command(folder, (), READ_ONLY, limits,
-                                        pytest_argv(root, tests, write_end, limits, deselect, select))
+        argv = sandboxing.bwrap_command(folder, READ_ONLY, limits,
+                                        pytest_argv(root, tests, write_end, token_read, limits, deselect, select))
         cwd = "/"
     else:
         root, cwd = str(folder), folder
-        argv = pytest_argv(root, tests, write_end, limits, deselect, select)
+        argv = pytest_argv(root, tests, write_end, token_read, limits, deselect, select)
     env = {"PATH": "/usr/bin:/bin", "HOME": root, "LANG": "C.UTF-8", "COURSE_IMPL": "model",
            "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "TMPDIR": "/tmp" if isolation.level == "bwrap" else str(folder)}
@@ -131,15 +163,16 @@ def run_graded(folder: Path, tests: str, limits, isolation, deselect=(), select=
     cgroup = None
     if isolation.cgroup:
         cgroup = sandboxing.Cgroup(isolation.cgroup, limits)
-    record = RunRecord()
+    record = RunRecord(token=token)
     reader = threading.Thread(target=_read_channel, args=(read_end, record), daemon=True)
     try:
         try:
             shown = None if os.environ.get("COURSE_GRADE_DEBUG") else subprocess.DEVNULL  # the run's own output
             process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=shown, stderr=shown,
-                                       pass_fds=(write_end,), preexec_fn=sandboxing.preexec(limits, cgroup))
+                                       pass_fds=(write_end, token_read), preexec_fn=sandboxing.preexec(limits, cgroup))
         finally:
             os.close(write_end)
+            os.close(token_read)
         reader.start()
         try:
             process.wait(timeout=limits.seconds_per_run)

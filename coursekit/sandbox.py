@@ -123,9 +123,9 @@ class Cgroup:
             return kind
         return ""
 
-    def __init__(self, kind, limits: Limits):
+    def __init__(self, kind, limits: Limits, prefix="coursegrade-"):
         self.kind, self.paths = kind, []
-        name = f"coursegrade-{uuid.uuid4().hex[:12]}"
+        name = f"{prefix}{uuid.uuid4().hex[:12]}"
         try:
             if kind == "v2":
                 root = self._v2_root()
@@ -191,6 +191,18 @@ class Cgroup:
         except (OSError, IndexError, ValueError):
             return False
 
+    @classmethod
+    def remove_all(cls, prefix):
+        """Kill and remove every cgroup whose name starts with prefix (the
+        notebook kernels' groups, made by coursekit.nbsandbox)."""
+        roots = [r for r in (cls._v2_root(),) if r] + [r for r in cls.V1.values() if r.is_dir()]
+        for root in roots:
+            for path in root.glob(f"{prefix}*"):
+                group = cls.__new__(cls)
+                group.kind, group.paths = ("v2" if root not in cls.V1.values() else "v1"), [path]
+                group.kill()
+                group.remove()
+
     def remove(self):
         for path in reversed(self.paths):
             for _ in range(50):
@@ -228,10 +240,9 @@ def gpu_devices():
     return sorted(set(glob.glob("/dev/nvidia*")) | set(glob.glob("/dev/dri/*")))
 
 
-def bwrap_command(folder: Path, writable, read_only, limits: Limits, argv):
-    """bwrap around `argv`: `folder`'s entries `read_only` (names) appear
-    read-only under SANDBOX_ROOT, the rest of SANDBOX_ROOT is a fresh tmpfs;
-    `writable` is unused by the caller's files (they live in the tmpfs)."""
+def bwrap_base(limits: Limits):
+    """bwrap's options for every sandbox: new namespaces, no capabilities,
+    read-only system and Python paths, GPUs, a size-limited private /tmp."""
     command = [shutil.which("bwrap"), "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
                "--uid", "65534", "--gid", "65534", "--hostname", "grading",
                "--proc", "/proc", "--dev", "/dev"]
@@ -250,18 +261,25 @@ def bwrap_command(folder: Path, writable, read_only, limits: Limits, argv):
     if os.path.isdir("/sys"):  # CUDA reads PCI topology from /sys
         command += ["--ro-bind-try", "/sys/bus", "/sys/bus", "--ro-bind-try", "/sys/devices", "/sys/devices",
                     "--ro-bind-try", "/sys/module", "/sys/module"]
-    size = str(limits.disk_mb * 2**20)
-    command += ["--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", SANDBOX_ROOT]
+    return command + ["--size", str(limits.disk_mb * 2**20), "--tmpfs", "/tmp"]
+
+
+def bwrap_command(folder: Path, read_only, limits: Limits, argv):
+    """bwrap around `argv`: `folder`'s entries `read_only` (names) appear
+    read-only under SANDBOX_ROOT, the rest of SANDBOX_ROOT is a fresh,
+    size-limited tmpfs (the run's working folder)."""
+    command = bwrap_base(limits) + ["--size", str(limits.disk_mb * 2**20), "--tmpfs", SANDBOX_ROOT]
     for name in read_only:
         command += ["--ro-bind", str(folder / name), f"{SANDBOX_ROOT}/{name}"]
     command += ["--chdir", SANDBOX_ROOT, "--setenv", "HOME", SANDBOX_ROOT, "--setenv", "TMPDIR", "/tmp"]
     return command + list(argv)
 
 
-def preexec(limits: Limits, cgroup):
+def preexec(limits: Limits, cgroup, new_session=True):
     """Runs in the child before exec: own session, cgroup, rlimits."""
     def apply():
-        os.setsid()  # its own process group, so a timeout kills its children too
+        if new_session:
+            os.setsid()  # its own process group, so a timeout kills its children too
         if cgroup is not None:
             cgroup.enter()
         else:

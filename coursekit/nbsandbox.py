@@ -1,0 +1,68 @@
+"""A Jupyter kernel in the grader's sandbox (the kernel autograding starts).
+
+    python -m coursekit.nbsandbox CONNECTION_FILE
+
+The kernelspec that `course nbgrader autograde` installs for the run points
+here. It starts ipykernel under bubblewrap (coursekit.sandbox) when the machine
+has it: the kernel sees read-only system and Python paths and the tooling, its
+own notebook folder (nbgrader's autograded/<student>/<assignment>, writable),
+the connection file and the folder of its ZeroMQ sockets (IPC, so the network
+stays off), and a private /tmp. The gradebook, the course folder, other
+students' folders and the network are out of its view; it runs in its own PID
+namespace, so every process it starts dies with it, and in a cgroup (memory,
+processes) when the grader may create one. Without bwrap it runs ipykernel
+as it is (isolation none), with the same rlimits.
+"""
+import os
+import sys
+from pathlib import Path
+
+from coursekit import sandbox
+
+CGROUP_PREFIX_ENV = "COURSE_NB_CGROUP_PREFIX"
+
+
+def main(argv=None):
+    argv = argv if argv is not None else sys.argv[1:]
+    connection_file = os.path.abspath(argv[0])
+    isolation = sandbox.detect()
+    limits = sandbox.Limits()
+    group = None
+    if isolation.cgroup:
+        try:
+            group = sandbox.Cgroup(isolation.cgroup, limits, prefix=os.environ.get(CGROUP_PREFIX_ENV, "coursegrade-"))
+        except OSError:
+            group = None
+    sandbox.preexec(limits, group, new_session=False)()
+    # The notebook's folder first on the path (model/ lives there), then the
+    # tooling copy the grader put on PYTHONPATH.
+    inner = [sys.executable, "-m", "ipykernel_launcher", "-f", connection_file]
+    if isolation.level != "bwrap":
+        os.execv(inner[0], inner)
+    cwd = os.getcwd()
+    binds = ["--bind", cwd, cwd, "--ro-bind", os.path.dirname(connection_file), os.path.dirname(connection_file)]
+    ipc = os.environ.get("COURSE_NB_IPC_DIR")
+    if ipc and ipc != os.path.dirname(connection_file):
+        binds += ["--bind", ipc, ipc]
+    for path in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        if path and os.path.isdir(path):
+            binds += ["--ro-bind", path, path]
+    command = sandbox.bwrap_base(limits) + binds + ["--chdir", cwd, "--setenv", "HOME", cwd,
+                                                    "--setenv", "TMPDIR", "/tmp"] + inner
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main()
+
+
+def install_kernelspec(folder: Path):
+    """A `python3` kernelspec in folder/kernels that starts kernels here."""
+    import json
+    spec = folder / "kernels" / "python3"
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "coursekit.nbsandbox", "{connection_file}"],
+        "display_name": "Python 3 (grading sandbox)", "language": "python",
+        "interrupt_mode": "message", "metadata": {"debugger": False}}, indent=1))
+    return folder
