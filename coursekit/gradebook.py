@@ -52,13 +52,17 @@ def undo_foreign_changes(before_path, after_path, students, assignment):
     problems = []
     with sqlite3.connect(after_path) as db:
         after = _rows(db)
+        # Who owns a row: the submission tables as they are now (new rows
+        # included), everything they point to (assignments) as it was.
+        view = {table: (columns, {**rows, **after.get(table, (columns, {}))[1]}) if table in OWNED
+                else (columns, rows) for table, (columns, rows) in before.items()}
 
         def allowed(table, row_id, student=None):
             if table == "student":
                 return row_id not in before.get("student", ([], {}))[1] and (students is None or row_id in students)
             if table not in OWNED:
                 return False
-            owner = _owner(after, table, row_id) or _owner(before, table, row_id)
+            owner = _owner(view, table, row_id)
             return bool(owner) and owner[1] == assignment and (students is None or owner[0] in students)
 
         for table, (columns, old_rows) in before.items():

@@ -14,7 +14,9 @@ processes) when the grader may create one. Without bwrap it runs ipykernel
 as it is (isolation none), with the same rlimits.
 """
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from coursekit import sandbox
@@ -40,15 +42,24 @@ def main(argv=None):
     if isolation.level != "bwrap":
         os.execv(inner[0], inner)
     cwd = os.getcwd()
-    binds = ["--bind", cwd, cwd, "--ro-bind", os.path.dirname(connection_file), os.path.dirname(connection_file)]
-    ipc = os.environ.get("COURSE_NB_IPC_DIR")
-    if ipc and ipc != os.path.dirname(connection_file):
-        binds += ["--bind", ipc, ipc]
+    binds = []
     for path in os.environ.get("PYTHONPATH", "").split(os.pathsep):
         if path and os.path.isdir(path):
             binds += ["--ro-bind", path, path]
+    # The sockets' folder must be writable (the kernel binds its sockets there);
+    # it holds only connection files and sockets. The connection file may lie
+    # anywhere (nbclient puts it in the system's /tmp): the kernel gets a copy.
+    ipc = os.environ.get("COURSE_NB_IPC_DIR") or tempfile.mkdtemp(prefix="kernel-")
+    copy = os.path.join(ipc, "connection-" + os.path.basename(connection_file))
+    shutil.copyfile(connection_file, copy)
+    inner[inner.index(connection_file)] = copy
+    binds += ["--bind", ipc, ipc, "--bind", cwd, cwd]
     command = sandbox.bwrap_base(limits) + binds + ["--chdir", cwd, "--setenv", "HOME", cwd,
-                                                    "--setenv", "TMPDIR", "/tmp"] + inner
+                                                    "--setenv", "TMPDIR", "/tmp",
+                                                    # its parent is the namespace's init (pid 1): no parent poller
+                                                    "--unsetenv", "JPY_PARENT_PID"] + inner
+    if os.environ.get("COURSE_GRADE_DEBUG"):
+        print("nbsandbox:", command, file=sys.stderr)
     os.execv(command[0], command)
 
 

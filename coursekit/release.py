@@ -45,8 +45,9 @@ def nbgrader(*args, check=True, course_dir=None):
     from coursekit import gradebook, nbsandbox, sandbox
     course_dir = Path(course_dir or NBGRADER_DIR)
     with tempfile.TemporaryDirectory(prefix="nbgrader-path-") as tmp:
-        copy_coursekit(tmp)
-        env = dict(os.environ, PYTHONPATH=tmp,
+        tooling = Path(tmp) / "tooling"  # the kernels' PYTHONPATH (and, in the sandbox, all they see of tmp)
+        copy_coursekit(tooling)
+        env = dict(os.environ, PYTHONPATH=str(tooling),
                    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
         autograde = bool(args) and args[0] == "autograde"
         database = course_dir / "gradebook.db"
@@ -59,7 +60,7 @@ def nbgrader(*args, check=True, course_dir=None):
                 args = (*args, f"--CourseDirectory.submitted_directory={snapshot}")
             jupyter = Path(tmp) / "jupyter"
             nbsandbox.install_kernelspec(jupyter)
-            ipc = jupyter / "runtime"
+            ipc = jupyter / "runtime"  # connection files and the kernels' unix sockets
             ipc.mkdir(parents=True)
             prefix = f"coursegrade-nb{os.getpid()}-"
             env.update(JUPYTER_PATH=str(jupyter), JUPYTER_RUNTIME_DIR=str(ipc), COURSE_NB_IPC_DIR=str(ipc),

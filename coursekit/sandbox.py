@@ -232,7 +232,7 @@ def _python_paths():
 
 
 SYSTEM = ("/usr", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives",
-          "/etc/localtime", "/etc/nsswitch.conf", "/etc/passwd", "/etc/group", "/opt/conda")
+          "/etc/localtime", "/etc/nsswitch.conf", "/etc/passwd", "/etc/group", "/etc/fonts", "/opt/conda")
 TOP_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 

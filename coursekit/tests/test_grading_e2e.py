@@ -450,15 +450,20 @@ LIMITS = Limits(seconds_per_test=3, memory_mb=1536, disk_mb=128)
 def direct_scores(students, direct: Path):
     """{(student, lesson id): score} from plain pytest runs of the equivalent
     packages, scored against the reference's passing tests. A lesson whose
-    modules a package leaves alone scores as the reference; each lesson's run
-    covers the packages that change it (one process per lesson, side by side)."""
+    modules a package leaves alone scores as the reference; students with the
+    same equivalent share one package; each lesson's run covers the packages
+    that change it (one process per lesson, side by side)."""
+    representative, seen = {}, {}
+    for name, (_, equivalent) in students.items():
+        key = tuple(sorted(equivalent.items())) if name not in ("reference", "untouched") else name
+        representative[name] = seen.setdefault(key, name)
     runs = {}
     for lesson in LESSONS:
-        changed = [name for name, (_, equivalent) in students.items()
-                   if name in ("reference", "untouched") or set(equivalent) & set(lesson.modules)]
+        changed = [name for name, (_, equivalent) in students.items() if representative[name] == name
+                   and (name in ("reference", "untouched") or set(equivalent) & set(lesson.modules))]
         report = direct / f"{lesson.id}.json"
         process = subprocess.Popen(
-            [sys.executable, "-m", "pytest", str(lesson.tests), "--impl", ",".join(f"direct_{n}" for n in changed),
+            [sys.executable, "-m", "pytest", str(lesson.tests), "--impl=" + ",".join(f"direct_{n}" for n in changed),
              "-q", "--tb=no", "-p", "no:cacheprovider", "--course-report", str(report)],
             cwd=COURSE_ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{direct}:{COURSE_ROOT}",
                                   "OMP_NUM_THREADS": "1"},
@@ -476,7 +481,7 @@ def direct_scores(students, direct: Path):
         reference = {node: r["points"] for (name, node), r in outcomes.items()
                      if name == "reference" and r["outcome"] == "passed"}
         for name in students:
-            source = name if name in changed else "reference"
+            source = representative[name] if representative[name] in changed else "reference"
             scores[name, lesson_id] = sum(points for node, points in reference.items()
                                           if outcomes[source, node]["outcome"] == "passed")
     return scores
