@@ -122,9 +122,10 @@ def build_release(out: Path):
     for lesson in LESSONS:
         if not lesson.available:
             continue
-        (out / "testcases" / lesson.id).mkdir(parents=True)
-        for test in lesson.tests.glob("test_*.py"):
-            shutil.copyfile(test, out / "testcases" / lesson.id / test.name)
+        from coursekit.grade import lesson_files
+        (out / "testcases" / lesson.tests.name).mkdir(parents=True, exist_ok=True)
+        for test in lesson_files(lesson):  # the suites and a shared helper module (_*.py), if any
+            shutil.copyfile(test, out / "testcases" / lesson.tests.name / test.name)
         if lesson.notebook.exists():
             shutil.copyfile(generate_assignment(lesson), out / "notebooks" / lesson.notebook.name)
 

@@ -122,11 +122,15 @@ def hostile_students(submissions: Path):
     }
 
 
-def _attack(function, body, signature="(x, dim=-1)", module="softmax", preamble=""):
-    """A submission whose `function` runs `body` (then returns its value), and
-    its equivalent: the same function raising."""
-    source = f"{preamble}\n\ndef {function}{signature}:\n" + textwrap.indent(textwrap.dedent(body), "    ")
-    return {module: source}, raising(module, function, signature=signature)
+def _attack(function, body, signature="(x, dim=-1)", module="softmax", returns=None):
+    """A submission whose `function` runs `body`, and its equivalent: the
+    function raising where the grader must stop the attack (a tampered or
+    forbidden call fails every test it ran in), or returning what the body
+    returns (`returns`) where the attack simply achieves nothing."""
+    source = f"\n\ndef {function}{signature}:\n" + textwrap.indent(textwrap.dedent(body), "    ")
+    if returns is None:
+        return {module: source}, raising(module, function, signature=signature)
+    return {module: source}, {module: f"\n\ndef {function}{signature}:\n    return {returns}\n"}
 
 
 ZEROS = "return torch.zeros_like(x)\n"
@@ -157,7 +161,7 @@ def ISOLATION_ATTACKS(submissions):
                 except OSError:
                     pass
             return torch.zeros(x.shape[:-1])
-            """),
+            """, returns='torch.zeros(x.shape[:-1])'),
         # A double-forked daemon that outlives the test process unless the
         # sandbox kills the whole process tree.
         "forks_a_daemon": ({"softmax": textwrap.dedent(f"""\
@@ -188,7 +192,7 @@ def ISOLATION_ATTACKS(submissions):
                 except OSError:
                     break
             return torch.zeros(x.shape[:-1])
-            """),
+            """, returns='torch.zeros(x.shape[:-1])'),
         "forks_many_processes": _attack("softmax_backward", """\
             import os as _os, time as _time
             for _ in range(2000):
@@ -199,7 +203,7 @@ def ISOLATION_ATTACKS(submissions):
                 except OSError:
                     break
             return grad_y * 0
-            """, signature="(y, grad_y, dim=-1)"),
+            """, signature="(y, grad_y, dim=-1)", returns="grad_y * 0"),
         "eats_memory": _attack("softmax_backward", """\
             _hoard = []
             while True:
@@ -235,7 +239,7 @@ CHANNEL_AND_PYTEST_ATTACKS = {
                 open(_path, "w").write(_json.dumps({"collected": [], "running": None, "results": {}}))
         _atexit.register(_full_marks)
         return torch.zeros_like(x)
-        """),
+        """, returns='torch.zeros_like(x)'),
     "forges_report_records": _attack("stable_softmax", """\
         import json as _json, os as _os
         _node = _os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
@@ -247,7 +251,7 @@ CHANNEL_AND_PYTEST_ATTACKS = {
                 except OSError:
                     pass
         return torch.zeros_like(x)
-        """),
+        """, returns='torch.zeros_like(x)'),
     # A conftest.py next to the model: pytest must never load it.
     "ships_a_conftest": ({"conftest": textwrap.dedent("""\
         import pytest
@@ -411,7 +415,10 @@ def simulated_class(tmp_path_factory):
     for lesson in LESSONS:
         submissions = root / lesson.number / "submissions"
         members = {"reference": ({}, {})}
-        for path in known_wrong_files(lesson):
+        # L01: a few known-wrong implementations beside the reference (every one is
+        # checked by `course check`'s known-wrong step); L02: all of them, and the hostile class.
+        wrong = known_wrong_files(lesson)
+        for path in wrong if lesson.number == "L02" else wrong[:4]:
             module, _, _ = describe(path)
             members[f"{lesson.number}_{path.stem}"] = ({module: path.read_text()}, {module: path.read_text()})
         if lesson.number == "L02":
@@ -493,7 +500,7 @@ def test_every_student_gets_a_score_for_every_lesson(simulated_class):
 
 
 def test_scores_are_exactly_the_equivalent_packages_scores(simulated_class):
-    assert len(simulated_class["grades"]) >= 60
+    assert len(simulated_class["grades"]) >= 50
     wrong = {key: (grade.score, simulated_class["expected"][key])
              for key, grade in simulated_class["grades"].items() if grade.score != simulated_class["expected"][key]}
     assert not wrong, f"(student, lesson): (graded, expected) where they differ: {wrong}"
@@ -511,6 +518,8 @@ def test_each_known_wrong_implementation_loses_points_in_its_lesson(simulated_cl
     grades = simulated_class["grades"]
     for lesson in LESSONS:
         for path in known_wrong_files(lesson):
+            if (f"{lesson.number}_{path.stem}", lesson.id) not in grades:
+                continue
             grade = grades[f"{lesson.number}_{path.stem}", lesson.id]
             assert grade.score < grade.max_score, f"{path.stem} kept full marks in {lesson.id}"
 
