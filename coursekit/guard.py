@@ -68,6 +68,8 @@ class Snapshot:
         self.namespaces = []   # (label, dict, {name: value}, watch additions)
         self.functions = {}    # id(fn) -> (label, fn, state)
         self.modules = {}      # sys.modules name -> module
+        self.fast = []         # (fn, code, defaults, kwdefaults, closure, cell contents): the quick check
+        self._ids = None
         seen = set()
         names = [m for m in (*MODULES, *extra_modules) if m]
         names += [m for m in list(sys.modules) if m.startswith(PREFIXES)]
@@ -92,17 +94,21 @@ class Snapshot:
         seen.add(id(owner))
         saved = {name: value for name, value in namespace.items()
                  if _watched(value) and (label, name) not in MUTABLE}
-        self.namespaces.append((label, owner, saved, additions))
+        self.namespaces.append((label, owner, saved, frozenset(namespace) if additions else None))
         for name, value in namespace.items():
             fn = _inner_function(value)
             if fn is not None and id(fn) not in self.functions:
                 self.functions[id(fn)] = (f"{label}.{name}", fn, _function_state(fn))
+                kwdefaults = fn.__kwdefaults__
+                self.fast.append((fn, fn.__code__, fn.__defaults__, dict(kwdefaults) if kwdefaults else kwdefaults,
+                                  fn.__closure__, self.functions[id(fn)][2][-1]))
 
     def watch_module_globals(self, label, module):
         """Also watch a test module's own names for the watched objects."""
-        ids = {id(value) for _, _, saved, _ in self.namespaces for value in saved.values()}
-        saved = {n: v for n, v in vars(module).items() if id(v) in ids}
-        self.namespaces.append((label, module, saved, False))
+        if self._ids is None:
+            self._ids = {id(value) for _, _, saved, _ in self.namespaces for value in saved.values()}
+        saved = {n: v for n, v in vars(module).items() if id(v) in self._ids}
+        self.namespaces.append((label, module, saved, None))
 
     def check(self):
         """Put back whatever changed; returns what was replaced (sorted names)."""
@@ -111,17 +117,31 @@ class Snapshot:
             if sys.modules.get(name) is not module:
                 sys.modules[name] = module
                 changed.append(f"sys.modules[{name!r}]")
-        for label, owner, saved, additions in self.namespaces:
+        for label, owner, saved, known in self.namespaces:
             current = owner.__dict__ if isinstance(owner, type) else vars(owner)
+            get = current.get
             for name, value in saved.items():
-                if current.get(name, _EMPTY) is not value:
+                if get(name, _EMPTY) is not value:
                     changed.append(f"{label}.{name}")
                     _set(owner, name, value)
-            if additions:
-                for name in [n for n, v in current.items() if n not in saved and _watched(v)]:
-                    changed.append(f"{label}.{name} (added)")
-                    _delete(owner, name)
-        for label, fn, state in self.functions.values():
+            if known is not None:
+                for name in current.keys() - known:
+                    if _watched(current[name]):
+                        changed.append(f"{label}.{name} (added)")
+                        _delete(owner, name)
+        suspects = set()
+        for fn, code, defaults, kwdefaults, closure, contents in self.fast:
+            if fn.__code__ is not code or fn.__defaults__ is not defaults or fn.__kwdefaults__ != kwdefaults:
+                suspects.add(id(fn))
+            elif closure:
+                for cell, value in zip(closure, contents):
+                    try:
+                        if cell.cell_contents is not value:
+                            suspects.add(id(fn))
+                    except ValueError:
+                        if value is not _EMPTY:
+                            suspects.add(id(fn))
+        for label, fn, state in (self.functions[i] for i in suspects):
             if _function_state(fn) != state:
                 changed.append(f"{label} (its code, defaults or closure)")
                 *parts, cells = state

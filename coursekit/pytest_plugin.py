@@ -287,20 +287,15 @@ class TamperGuard:
 
     def pytest_collection_finish(self, session):
         # A test module's own names for the watched objects are guarded too.
-        for item in session.items:
-            module = getattr(item, "module", None)
-            if module is not None:
-                self.snapshot.watch_module_globals(module.__name__, module)
+        modules = {id(m): m for m in (getattr(item, "module", None) for item in session.items) if m is not None}
+        for module in modules.values():
+            self.snapshot.watch_module_globals(module.__name__, module)
         self.plugins = guard.PluginWatch(self.config.pluginmanager)
 
-    # try/finally: the check runs (and restores) even when the phase failed.
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_setup(self, item):
-        try:
-            return (yield)
-        finally:
-            self._check(item)
-
+    # try/finally: the check runs (and restores) even when the phase failed. The
+    # code under test runs in the call phase (imported on first use there);
+    # anything it does elsewhere (a __del__ at teardown) is found at the end of
+    # the next test's call.
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item):
         watch = policy.ShortcutWatch(policy.cached_forbidden_for(_lesson_number(item)), self.student_dirs)
@@ -309,13 +304,6 @@ class TamperGuard:
                 return (yield)
         finally:
             self.forbidden_calls += watch.calls
-            self._check(item)
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_teardown(self, item):
-        try:
-            return (yield)
-        finally:
             self._check(item)
 
     def _check(self, item):
