@@ -121,7 +121,11 @@ class Snapshot:
             current = owner.__dict__ if isinstance(owner, type) else vars(owner)
             get = current.get
             for name, value in saved.items():
-                if get(name, _EMPTY) is not value:
+                now = get(name, _EMPTY)
+                if now is not value:
+                    if _torch_wrapper_of(now, value):
+                        saved[name] = now  # torch's own lazy wrapping (torch._dynamo wraps manual_seed)
+                        continue
                     changed.append(f"{label}.{name}")
                     _set(owner, name, value)
             if known is not None:
@@ -154,6 +158,21 @@ class Snapshot:
                     if value is not _EMPTY:
                         cell.cell_contents = value
         return sorted(set(changed))
+
+
+_TORCH_DIR = None
+
+
+def _torch_wrapper_of(new, original):
+    """Is `new` a wrapper that torch itself put around `original`?"""
+    global _TORCH_DIR
+    if _TORCH_DIR is None:
+        import os
+        import torch
+        _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+    code = getattr(new, "__code__", None)
+    return (getattr(new, "__wrapped__", None) is original and code is not None
+            and code.co_filename.startswith(_TORCH_DIR))
 
 
 def _watched(value):
