@@ -184,7 +184,8 @@ def ISOLATION_ATTACKS(submissions):
             """)}, {}),
         "fills_the_disk": _attack("logsumexp", """\
             _chunk = b"x" * (1 << 20)
-            for _n in range(10_000):
+            for _n in range(0 if globals().setdefault("_full", []) else 10_000):  # once per process
+                _full.append(_n)
                 try:
                     with open(f"fill-{_n}", "wb") as _f:
                         for _ in range(32):
@@ -195,7 +196,8 @@ def ISOLATION_ATTACKS(submissions):
             """, returns='torch.zeros(x.shape[:-1])'),
         "forks_many_processes": _attack("softmax_backward", """\
             import os as _os, time as _time
-            for _ in range(2000):
+            for _ in range(0 if globals().setdefault("_forked", []) else 2000):  # once per process
+                _forked.append(_)
                 try:
                     if _os.fork() == 0:
                         _time.sleep(600)
@@ -210,7 +212,7 @@ def ISOLATION_ATTACKS(submissions):
                 _hoard.append(torch.ones(1 << 27))
             """, signature="(y, grad_y, dim=-1)"),
         "floods_the_output": _attack("naive_softmax", """\
-            print("x" * (50 << 20))
+            print("x" * (20 << 20))
             raise AssertionError("y" * (5 << 20))
             """),
         # Connects to the grader's machine: a listener on its loopback
@@ -451,7 +453,7 @@ def simulated_class(tmp_path_factory):
             "before": before, "course_tests": course_tests, "left_behind": sandbox_processes(), "seconds": seconds}
 
 
-LIMITS = Limits(seconds_per_test=3, memory_mb=1536, disk_mb=128)
+LIMITS = Limits(seconds_per_test=3, memory_mb=1536, disk_mb=64, processes=64)
 
 
 def direct_scores(students, direct: Path):
@@ -565,7 +567,7 @@ def test_flags_reach_the_instructor_not_the_student(simulated_class):
     assert "## calls_torch_softmax / L02_stable_softmax" in report and "## reference /" not in report
     for student in ("calls_torch_softmax", "forks_a_daemon"):
         feedback = (out / "feedback" / f"{student}.md").read_text()
-        assert "flag" not in feedback.lower() and "fork" not in feedback
+        assert "flag" not in feedback.lower() and "softmax.py:" not in feedback
     rows = {(r["student"], r["lesson"]): r for r in csv.DictReader(open(out / "grades.csv"))}
     assert rows["forks_a_daemon", "L02_stable_softmax"]["flags"] and not rows["reference", "L02_stable_softmax"]["flags"]
 
@@ -606,7 +608,8 @@ def test_speed_of_an_honest_student(simulated_class):
 def test_outputs_csv_feedback_and_gradescope(simulated_class):
     out = simulated_class["out"]
     rows = (out / "grades.csv").read_text().splitlines()
-    assert rows[0] == "student,lesson,score,max,status,flags" and len(rows) == 1 + len(simulated_class["grades"])
+    assert rows[0] == "student,lesson,score,max,status,flags"
+    assert len(rows) == 1 + len(simulated_class["classes"]["L02_stable_softmax"][1])
     assert all(",graded," in row for row in rows[1:])
     feedback = (out / "feedback" / "exits_the_process.md").read_text()
     assert "crashed" in feedback and "L02_stable_softmax" in feedback
