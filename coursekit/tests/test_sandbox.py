@@ -92,3 +92,35 @@ def test_gradebook_changes_of_other_students_are_undone(tmp_path):
     with sqlite3.connect(db) as c:
         assert dict(c.execute("SELECT id, auto_score FROM grade")) == {"g1": 5.0, "g2": 2.0}
         assert c.execute("SELECT name FROM assignment").fetchone() == ("L01",)
+
+
+def test_strict_isolation_refuses_a_machine_without_it(tmp_path, monkeypatch):
+    import coursekit.grade as grade
+    from coursekit.lessons import find_lesson
+    from coursekit.sandbox import Isolation
+    monkeypatch.setattr(grade, "detect", lambda: Isolation("none", "", "none: no bubblewrap"))
+    (tmp_path / "subs" / "someone" / "model").mkdir(parents=True)
+    with pytest.raises(grade.IsolationError, match="strict"):
+        grade.grade_class(tmp_path / "subs", [find_lesson("L02")], tmp_path / "out", isolation="strict",
+                          log=lambda *a: None)
+
+
+@pytest.mark.slow
+def test_isolation_none_still_grades_exactly(tmp_path):
+    """The level without a sandbox: same scores for an honest class (the hostile
+    class runs under the best level the machine offers, test_grading_e2e.py)."""
+    from coursekit import COURSE_ROOT
+    from coursekit.grade import grade_class
+    from coursekit.lessons import find_lesson
+    from coursekit.stubs import expected_stubs
+    for name, files in (("reference", {p.name: p.read_text() for p in (COURSE_ROOT / "solutions").glob("*.py")}),
+                        ("untouched", expected_stubs(COURSE_ROOT / "solutions"))):
+        (tmp_path / "subs" / name / "model").mkdir(parents=True)
+        for file, text in files.items():
+            (tmp_path / "subs" / name / "model" / file).write_text(text)
+    log = []
+    grades = {g.student: g for g in grade_class(tmp_path / "subs", [find_lesson("L02")], tmp_path / "out",
+                                                Limits(seconds_per_test=5), jobs=2, log=log.append,
+                                                isolation="none")}
+    assert log[0].startswith("isolation: none")
+    assert grades["reference"].score == grades["reference"].max_score > 0 and grades["untouched"].score == 0
