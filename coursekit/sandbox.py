@@ -256,6 +256,9 @@ def bwrap_base(limits: Limits):
         command += ["--ro-bind-try", path, path]
     for path in _python_paths():
         command += ["--ro-bind", path, path]
+    for path in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep):  # driver libraries outside /usr
+        if path and os.path.isabs(path):
+            command += ["--ro-bind-try", path, path]
     for device in gpu_devices():
         command += ["--dev-bind-try", device, device]
     if os.path.isdir("/sys"):  # CUDA reads PCI topology from /sys

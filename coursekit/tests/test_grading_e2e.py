@@ -360,7 +360,7 @@ FLAGGED = {
     "patches_comparisons": "assigns to torch.allclose", "imports_the_solutions": "importlib",
     "reads_the_solution_files": "exec", "aa_vandalises_other_students": "path",
     "copies_a_classmate": "exec", "writes_the_grader_s_files": "path outside", "forks_a_daemon": "fork",
-    "signals_the_grader": "signal", "fills_the_disk": None, "forks_many_processes": "fork",
+    "signals_the_grader": "signal", "fills_the_disk": "globals", "forks_many_processes": "fork",
     "eats_memory": None, "floods_the_output": None, "uses_the_network": "socket",
     "rewrites_the_report_at_exit": "atexit", "forges_report_records": "forged",
     "ships_a_conftest": None, "registers_a_plugin": "registered a pytest plugin",
