@@ -15,8 +15,10 @@ any check fails, and ends with one line "check: N passed, M failed".
    student with the stubs.
 9. The student release (./course release) holds nothing of the solutions or
    hidden tests.
-10. A simulated class (known-wrong, looping, crashing, tampering, solution-
-   stealing and vandal submissions) is graded exactly (coursekit/tests, slow).
+10. A hostile class (known-wrong, looping, crashing, tampering, solution-
+   stealing, vandal, sandbox-escaping, report-forging, pytest-steering and
+   shortcut-taking submissions, code and notebooks) is graded exactly, with
+   the expected flags (coursekit/tests, slow).
 """
 import ast
 import re
@@ -193,7 +195,7 @@ CHECKS = [
     ("known-wrong implementations are caught", check_known_wrong, True),
     ("notebooks run on the reference and grade full / zero", check_notebooks, True),
     ("the student release leaks no solution or hidden test", check_release, True),
-    ("a simulated class is graded exactly (loops, crashes, tampering, vandals)", check_grading, True),
+    ("a hostile class is graded exactly (sandbox, report channel, tampering, shortcuts)", check_grading, True),
 ]
 
 
