@@ -16,8 +16,10 @@ any check fails, and ends with one line "check: N passed, M failed".
    student with the stubs.
 9. The student release (./course release) holds nothing of the solutions or
    hidden tests.
-10. A simulated class (known-wrong, looping, crashing, tampering, solution-
-   stealing and vandal submissions) is graded exactly (coursekit/tests, slow).
+10. A hostile class (known-wrong, looping, crashing, tampering, solution-
+   stealing, vandal, sandbox-escaping, report-forging, pytest-steering and
+   shortcut-taking submissions, code and notebooks) is graded exactly, with
+   the expected flags (coursekit/tests, slow).
 11. In a real browser (headless Chromium), `./course lab` opens the start page
    on the course kernel without nbgrader's menu, a lesson notebook runs on the
    reference with no error, and the working tree stays as it was
@@ -36,7 +38,7 @@ from pathlib import Path
 
 from coursekit import COURSE_ROOT, known_wrong, notebooks, stubs
 from coursekit.lessons import LESSONS
-from coursekit.pytest_plugin import run_with_report
+from coursekit.runner import run_with_report
 
 STUB_PACKAGE = "course_stubs"
 
@@ -231,7 +233,7 @@ CHECKS = [
     ("known-wrong implementations are caught", check_known_wrong, True),
     ("notebooks run on the reference and grade full / zero", check_notebooks, True),
     ("the student release leaks no solution or hidden test", check_release, True),
-    ("a simulated class is graded exactly (loops, crashes, tampering, vandals)", check_grading, True),
+    ("a hostile class is graded exactly (sandbox, report channel, tampering, shortcuts)", check_grading, True),
     ("./course lab in a real browser: course kernel, no nbgrader menu, a lesson runs, tree clean",
      check_browser, True),
 ]

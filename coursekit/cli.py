@@ -179,11 +179,16 @@ def cmd_nbgrader(args):
 def cmd_grade(args):
     from pathlib import Path
 
-    from coursekit.grade import Limits, grade_class
+    from coursekit.grade import IsolationError, Limits, grade_class
     lessons = [find_lesson(name) for name in args.lessons]
-    limits = Limits(args.seconds_per_test, args.seconds_per_run, args.memory_mb)
-    grade_class(Path(args.submissions), lessons, Path(args.out), limits, gradescope=args.gradescope, jobs=args.jobs)
-    print(f"wrote {args.out}/grades.csv and {args.out}/feedback/")
+    limits = Limits(args.seconds_per_test, args.seconds_per_run, args.memory_mb, args.processes, args.disk_mb)
+    try:
+        grade_class(Path(args.submissions), lessons, Path(args.out), limits, gradescope=args.gradescope,
+                    jobs=args.jobs, isolation=args.isolation)
+    except IsolationError as err:
+        print(f"refusing to grade: {err}")
+        return 2
+    print(f"wrote {args.out}/grades.csv, {args.out}/feedback/ and {args.out}/instructor_report.md")
     return 0
 
 
@@ -256,9 +261,16 @@ def build_parser():
     p.add_argument("submissions")
     p.add_argument("--lessons", nargs="+", required=True, help="e.g. L01 L02")
     p.add_argument("--out", default="grades", help="where grades.csv and feedback/ go (default: grades/)")
-    p.add_argument("--seconds-per-test", type=float, default=30.0)
-    p.add_argument("--seconds-per-run", type=float, default=900.0)
-    p.add_argument("--memory-mb", type=int, default=4096)
+    from coursekit.sandbox import Limits
+    defaults = Limits()
+    p.add_argument("--seconds-per-test", type=float, default=defaults.seconds_per_test)
+    p.add_argument("--seconds-per-run", type=float, default=defaults.seconds_per_run)
+    p.add_argument("--memory-mb", type=int, default=defaults.memory_mb, help="memory of one run")
+    p.add_argument("--processes", type=int, default=defaults.processes, help="processes and threads of one run")
+    p.add_argument("--disk-mb", type=int, default=defaults.disk_mb, help="writable space of one run")
+    p.add_argument("--isolation", choices=("auto", "strict", "none"), default="auto",
+                   help="strict: refuse to grade without bwrap and a cgroup; none: plain subprocesses "
+                        "(trusted code only); auto (default): the best this machine offers")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs side by side (default: one per core)")
     p.add_argument("--gradescope", action="store_true", help="also write Gradescope results.json per student")
     p.set_defaults(func=cmd_grade)

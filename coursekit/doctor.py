@@ -70,6 +70,14 @@ def check_kernel():
     return kernel_points_here()
 
 
+def check_isolation():
+    """What `course grade` can wall a submission off with here (instructors)."""
+    from coursekit.sandbox import detect
+    found = detect()
+    fix = "" if found.strict else "for grading a class: apt-get install bubblewrap, and grade as root (cgroups)"
+    return True, found.detail, fix
+
+
 CHECKS = [
     ("python", check_python),
     ("torch", lambda: _package("torch", "torch", "./course reinstalls it; or: pip install -c constraints.txt torch")),
@@ -80,6 +88,7 @@ CHECKS = [
     ("gpu", check_gpu),
     ("model/", check_model),
     ("kernel", check_kernel),
+    ("isolation", check_isolation),
 ]
 
 

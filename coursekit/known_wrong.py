@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coursekit import COURSE_ROOT
-from coursekit.pytest_plugin import run_with_report
+from coursekit.runner import run_with_report
 
 SETTING = re.compile(r'^(MODULE|CAUGHT_BY)\s*=\s*"(\w+)"', re.MULTILINE)
 

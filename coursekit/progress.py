@@ -2,7 +2,7 @@
 model/ passes, as a table. One pytest run over every lesson that has landed."""
 
 from coursekit.lessons import LESSONS
-from coursekit.pytest_plugin import run_with_report
+from coursekit.runner import run_with_report
 
 
 def _tally(results, lesson, suite):

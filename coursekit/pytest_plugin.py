@@ -11,11 +11,19 @@
 - `--course-report FILE` writes every test's outcome (and its points, from
   the `points(n)` marker, default 1) as JSON, rewritten after each test, so a
   run that dies still leaves what it had, plus the test that was running.
+- `--course-report-fd N` (the grader) streams the same outcomes as JSON lines
+  to file descriptor N, a pipe the grader reads (coursekit.runner).
 - `--course-timeout SECONDS` fails a test (setup, call or teardown) that runs
   longer, so one infinite loop costs one test, not the run.
-- Tampering guard: code under test that replaces torch's comparison functions
-  or the course's test helpers (say, `torch.allclose = lambda *a, **k: True`)
-  fails the test it ran in, and the originals are put back.
+- Tampering guard (coursekit.guard): code under test that rebinds or rewrites
+  (`__code__`, defaults, closures) what the tests rely on, in torch, numpy,
+  math, builtins, the course's helpers, pytest or pluggy, or registers a pytest
+  plugin or hook, fails the test it ran in, and the originals are put back.
+- Forbidden shortcuts (coursekit.policy): a call from the code under test to
+  what the lesson's exercise replaces fails the test, naming the call.
+
+This module runs inside pytest; the parent side (starting runs, reading their
+reports) is coursekit.runner.
 """
 import importlib
 import json
@@ -27,6 +35,7 @@ import threading
 import pytest
 import torch
 
+from coursekit import guard, policy
 from coursekit.impl import ENV_VAR, Implementation, impl_name
 
 MARKERS = {
@@ -46,6 +55,10 @@ def pytest_addoption(parser):
                     help=f"implementation package(s) under test, comma-separated (default: ${ENV_VAR} or 'model')")
     group.addoption("--course-report", default=None, metavar="FILE",
                     help="write each test's outcome to FILE as JSON")
+    group.addoption("--course-report-fd", default=None, type=int, metavar="N",
+                    help="stream each test's outcome to file descriptor N as JSON lines")
+    group.addoption("--course-token-fd", default=None, type=int, metavar="N",
+                    help="read the token that signs the --course-report-fd records from file descriptor N")
     group.addoption("--course-timeout", default=None, type=float, metavar="SECONDS",
                     help="fail any test phase that runs longer than SECONDS")
 
@@ -62,8 +75,14 @@ def triton_available() -> bool:
     return True
 
 
+IMPL_NAMES = pytest.StashKey[list]()
+
+
 def impl_names(config):
-    return impl_name(config.getoption("--impl")).split(",")
+    """The implementation package(s) under test, resolved once per run."""
+    if IMPL_NAMES not in config.stash:
+        config.stash[IMPL_NAMES] = impl_name(config.getoption("--impl")).split(",")
+    return config.stash[IMPL_NAMES]
 
 
 def pytest_configure(config):
@@ -75,10 +94,15 @@ def pytest_configure(config):
     # implementation module is imported (tests import them lazily, in fixtures).
     if not cuda_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    channel = None
+    if config.getoption("--course-report-fd") is not None:
+        channel = Channel(config.getoption("--course-report-fd"), config.getoption("--course-token-fd"))
+        config.pluginmanager.register(OutcomeStreamer(channel), "course-outcome-streamer")
     if config.getoption("--course-report"):
         config.pluginmanager.register(OutcomeRecorder(config.getoption("--course-report")))
+    if channel or config.getoption("--course-report"):
         _skip_hypothesis_shrinking()
-    config.pluginmanager.register(TamperGuard(), "course-tamper-guard")
+    config.pluginmanager.register(TamperGuard(config, channel), "course-tamper-guard")
     if config.getoption("--course-timeout"):
         config.pluginmanager.register(TimeLimit(config.getoption("--course-timeout")))
 
@@ -92,7 +116,7 @@ def _skip_hypothesis_shrinking():
         from hypothesis import Phase, settings
     except ImportError:
         return
-    settings.register_profile("course-batch", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    settings.register_profile("course-batch", phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None)
     settings.load_profile("course-batch")
 
 
@@ -148,82 +172,94 @@ def triton_device():
     return "cpu"
 
 
-class OutcomeRecorder:
-    """Writes {"collected": [nodeid], "running": nodeid or null, "results":
-    {nodeid: {"outcome", "message", "points", "markers"}}} to `path` after
-    every test."""
+def record_outcome(results, report):
+    """Fold one phase's report into results[nodeid]. A test's outcome is its
+    call phase, unless setup or teardown failed or it was skipped at setup."""
+    if report.when == "call" or report.outcome != "passed":
+        entry = results.setdefault(report.nodeid, {})
+        if entry.get("outcome") in ("failed", "error"):
+            return
+        outcome = report.outcome
+        if report.when != "call" and report.outcome == "failed":
+            outcome = "error"
+        entry["outcome"] = outcome
+        entry["message"] = _short_message(report)
+        entry["markers"] = sorted(m for m in MARKERS if m in report.keywords)
+        entry["points"] = dict(report.user_properties).get("points", 1)
 
-    def __init__(self, path):
-        self.path = path
-        self.collected = []
+
+class Channel:
+    """JSON lines to the grader's pipe (one os.write per record, so records
+    from one process never interleave)."""
+
+    def __init__(self, fd, token_fd=None):
+        self.fd, self._token = fd, ""
+        if token_fd is not None:  # read once, before any code under test is imported, and closed
+            self._token = os.read(token_fd, 64).decode()
+            os.close(token_fd)
+
+    def send(self, **record):
+        data = (json.dumps({**record, "token": self._token}, sort_keys=True) + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError:
+            pass
+
+
+class OutcomeStreamer:
+    """hello, collected, start/result/finish per test, over a Channel."""
+
+    def __init__(self, channel):
+        self.channel = channel
         self.results = {}
-        self.running = None
+        channel.send(kind="hello")
 
     def pytest_collection_finish(self, session):
-        self.collected = [item.nodeid for item in session.items]
-        self._write()
+        self.channel.send(kind="collected", nodes=[item.nodeid for item in session.items])
 
     def pytest_runtest_logstart(self, nodeid, location):
-        self.running = nodeid
-        self._write()
+        self.channel.send(kind="start", node=nodeid)
 
     def pytest_runtest_logreport(self, report):
-        # A test's outcome is its call phase, unless setup or teardown failed
-        # or it was skipped at setup.
-        if report.when == "call" or report.outcome != "passed":
-            entry = self.results.setdefault(report.nodeid, {})
-            if entry.get("outcome") in ("failed", "error"):
-                return
-            outcome = report.outcome
-            if report.when != "call" and report.outcome == "failed":
-                outcome = "error"
-            entry["outcome"] = outcome
-            entry["message"] = _short_message(report)
-            entry["markers"] = sorted(m for m in MARKERS if m in report.keywords)
-            entry["points"] = dict(report.user_properties).get("points", 1)
+        record_outcome(self.results, report)
 
     def pytest_runtest_logfinish(self, nodeid, location):
-        self.running = None
-        self._write()
-
-    def pytest_sessionfinish(self, session):
-        self._write()
-
-    def _write(self):
-        # Write then rename: a process killed mid-write leaves the last full report.
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"collected": self.collected, "running": self.running, "results": self.results},
-                      f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        entry = self.results.get(nodeid, {"outcome": "error", "message": "no outcome was recorded"})
+        self.channel.send(kind="result", node=nodeid, outcome=entry["outcome"],
+                          message=entry["message"][:4000], points=entry.get("points", 1))
+        self.channel.send(kind="finish", node=nodeid)
 
 
-def read_report(path):
-    """The report as written by --course-report; empty if none was written."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {"collected": [], "running": None, "results": {}}
+class OutcomeRecorder:
+    """Appends one JSON line per event to `path` (collected, start, result,
+    finish), flushed at once, so a run that dies leaves everything up to the
+    test it was running. coursekit.runner.read_report folds the lines into
+    {"collected", "running", "results"}."""
 
+    def __init__(self, path):
+        self.results = {}
+        self.file = open(path, "w", buffering=1)
 
-def run_with_report(targets, impl, *args, pythonpath=None, capture=True):
-    """pytest on `targets` (paths) with `impl` in a subprocess from the course
-    folder, `pythonpath` (where impl lives) first on the path; returns
-    (the finished process, {nodeid: result})."""
-    import subprocess
-    import tempfile
+    def _line(self, **record):
+        self.file.write(json.dumps(record, sort_keys=True) + "\n")
 
-    from coursekit import COURSE_ROOT
-    env = dict(os.environ)
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), str(COURSE_ROOT)])
-    with tempfile.TemporaryDirectory() as tmp:
-        report = os.path.join(tmp, "report.json")
-        run = subprocess.run([sys.executable, "-m", "pytest", *map(str, targets), "--impl", impl,
-                              "-p", "no:cacheprovider", "--course-report", report, *args],
-                             cwd=COURSE_ROOT, env=env, capture_output=capture, text=True)
-        return run, read_report(report)["results"]
+    def pytest_collection_finish(self, session):
+        self._line(collected=[item.nodeid for item in session.items])
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        self._line(start=nodeid)
+
+    def pytest_runtest_logreport(self, report):
+        record_outcome(self.results, report)
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        if nodeid in self.results:
+            self._line(result=nodeid, entry=self.results[nodeid])
+        self._line(finish=nodeid)
+
+    def pytest_unconfigure(self, config):
+        self.file.close()
 
 
 def pytest_runtest_setup(item):
@@ -233,73 +269,85 @@ def pytest_runtest_setup(item):
 
 
 class TamperGuard:
-    """Remembers what the comparison functions are before any student code runs
-    and checks them after every test phase. Protects torch's and numpy's
-    comparisons, coursekit's helpers and references, and each test module's own
-    names for them. (Code in the same process can always dig deeper; this
-    stops the patches that make a wrong answer look right.)"""
+    """Checks after every test phase that nothing the tests rely on was
+    replaced (coursekit.guard), that no plugin or hook was registered, and that
+    the code under test called nothing its lesson forbids (coursekit.policy).
+    A finding fails the test with a message naming it, is undone, and is
+    reported on the grader's channel as a flag."""
 
-    def __init__(self):
-        import coursekit.reference
-        import coursekit.testing
-        self.bindings = {}  # (namespace dict, name) -> original object
-        for module_name, names in coursekit.testing.COMPARISONS.items():
-            module = importlib.import_module(module_name)
-            for name in names:
-                self._watch(vars(module), name)
-        for module in (coursekit.testing, coursekit.reference):
-            for name, value in vars(module).items():
-                if callable(value) and not name.startswith("_"):
-                    self._watch(vars(module), name)
-        self.originals = {id(obj) for _, obj in self.bindings.values()}
-
-    def _watch(self, namespace, name):
-        self.bindings[(id(namespace), name)] = (namespace, namespace[name])
+    def __init__(self, config, channel):
+        import coursekit.reference  # noqa: F401 (watched below)
+        import coursekit.testing  # noqa: F401
+        self.config, self.channel = config, channel
+        self.student_dirs = _package_dirs(impl_names(config))
+        self.forbidden_calls = []
+        policy.guard_references(self.student_dirs, self.forbidden_calls)
+        self.snapshot = guard.Snapshot()
+        self.plugins = None
 
     def pytest_collection_finish(self, session):
-        # A test module's own reference to assert_close etc. is guarded too.
-        for item in session.items:
-            module = getattr(item, "module", None)
-            for name, value in vars(module).items() if module else ():
-                if id(value) in self.originals:
-                    self._watch(vars(module), name)
+        # A test module's own names for the watched objects are guarded too.
+        modules = {id(m): m for m in (getattr(item, "module", None) for item in session.items) if m is not None}
+        for module in modules.values():
+            self.snapshot.watch_module_globals(module.__name__, module)
+        self.plugins = guard.PluginWatch(self.config.pluginmanager)
 
-    def _restore_tampered(self):
-        tampered = []
-        for (_, name), (namespace, original) in self.bindings.items():
-            if namespace.get(name) is not original:
-                namespace[name] = original
-                tampered.append(f"{namespace.get('__name__', '?')}.{name}")
-        return tampered
-
-    # try/finally: the check runs (and restores) even when the phase failed.
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_setup(self, item):
-        try:
-            return (yield)
-        finally:
-            self._check()
-
+    # try/finally: the check runs (and restores) even when the phase failed. The
+    # code under test runs in the call phase (imported on first use there);
+    # anything it does elsewhere (a __del__ at teardown) is found at the end of
+    # the next test's call.
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item):
+        watch = policy.ShortcutWatch(policy.cached_forbidden_for(_lesson_number(item)), self.student_dirs)
         try:
-            return (yield)
+            with watch:
+                return (yield)
         finally:
-            self._check()
+            self.forbidden_calls += watch.calls
+            self._check(item)
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_teardown(self, item):
+    def _check(self, item):
+        replaced = self.snapshot.check()
+        registered = self.plugins.check() if self.plugins else []
+        calls, self.forbidden_calls[:] = list(self.forbidden_calls), []
+        problems = []
+        if replaced:
+            problems.append(f"the code under test replaced {', '.join(replaced)}: what a test relies on "
+                            "is not the code's to change (restored for the next test)")
+        if registered:
+            problems.append(f"the code under test {', '.join(registered)}: pytest is not the code's to steer "
+                            "(removed for the next test)")
+        if calls:
+            problems.append(f"forbidden in this exercise (coursekit/policy.py): {', '.join(dict.fromkeys(calls))}: "
+                            "compute it by hand, with plain torch tensors")
+        if problems:
+            if self.channel:
+                self.channel.send(kind="flag", reason=f"{item.nodeid}: {'; '.join(problems)}"[:500])
+            raise AssertionError("\n".join(problems))
+
+
+def _package_dirs(names):
+    """Folders of the implementation packages (without importing them)."""
+    import importlib.util
+    from coursekit.impl import _ensure_course_root_importable
+    _ensure_course_root_importable()
+    dirs = []
+    for name in names:
         try:
-            return (yield)
-        finally:
-            self._check()
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            dirs.append(os.path.join(os.path.realpath(location), ""))
+            dirs.append(os.path.join(location, ""))
+    return tuple(dict.fromkeys(dirs)) or ("\0",)
 
-    def _check(self):
-        tampered = self._restore_tampered()
-        if tampered:
-            raise AssertionError(
-                f"the code under test replaced {', '.join(sorted(tampered))}: a test's comparisons are not "
-                "the code's to change (restored for the next test)")
+
+def _lesson_number(item):
+    for part in item.path.parts:
+        if len(part) >= 3 and part[0] == "L" and part[1:3].isdigit():
+            return part[:3]
+    return ""
 
 
 class TestTimeLimitExceeded(BaseException):
@@ -353,3 +401,7 @@ def _short_message(report):
     crash = getattr(report.longrepr, "reprcrash", None)
     from coursekit.testing import cap_message  # the same cap as the helpers' messages
     return cap_message(crash.message) if crash else str(report.longrepr)[-2000:]
+
+
+# The parent side lives in coursekit.runner; these names stay importable here.
+from coursekit.runner import read_report, run_with_report  # noqa: E402,F401

@@ -41,22 +41,63 @@ def nbgrader(*args, check=True, course_dir=None):
     """Run an nbgrader command in the instructor's course folder (or
     `course_dir`). Kernels it starts import the tooling from a copy without
     solutions/ next to it, so student code cannot reach the reference through
-    coursekit."""
+    coursekit. Autograding also: grades from a private snapshot of submitted/,
+    starts every kernel in the grader's sandbox (coursekit.nbsandbox: the
+    gradebook, the course folder, other students and the network out of reach;
+    every process it starts dies with it), and afterwards puts back any change
+    to the gradebook other than the graded submissions' scores."""
+    from coursekit import gradebook, nbsandbox, sandbox
     from coursekit.kernel import jupyter_env, use_course_kernel
     course_dir = Path(course_dir or NBGRADER_DIR)
     use_course_kernel()  # the notebooks ask for it by name
     with tempfile.TemporaryDirectory(prefix="nbgrader-path-") as tmp:
-        copy_coursekit(tmp)
-        if args and args[0] == "autograde" and (course_dir / "submitted").is_dir():
-            # Grade from a private snapshot: a notebook run earlier cannot rewrite
-            # a later student's submission through ../../submitted.
-            snapshot = Path(tmp) / "submitted"
-            shutil.copytree(course_dir / "submitted", snapshot)
-            args = (*args, f"--CourseDirectory.submitted_directory={snapshot}")
-        env = dict(jupyter_env(), PYTHONPATH=tmp,
+        tooling = Path(tmp) / "tooling"  # the kernels' PYTHONPATH (and, in the sandbox, all they see of tmp)
+        copy_coursekit(tooling)
+        env = dict(jupyter_env(), PYTHONPATH=str(tooling),
                    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-        return subprocess.run([sys.executable, "-m", "nbgrader", *args, "--log-level=WARN"],
-                              cwd=course_dir, env=env, check=check).returncode
+        autograde = bool(args) and args[0] == "autograde"
+        database = course_dir / "gradebook.db"
+        if autograde:
+            if (course_dir / "submitted").is_dir():
+                # Grade from a private snapshot: a notebook run earlier cannot rewrite
+                # a later student's submission through ../../submitted.
+                snapshot = Path(tmp) / "submitted"
+                shutil.copytree(course_dir / "submitted", snapshot)
+                args = (*args, f"--CourseDirectory.submitted_directory={snapshot}")
+            jupyter = Path(tmp) / "jupyter"
+            nbsandbox.install_kernelspec(jupyter)
+            ipc = jupyter / "runtime"  # connection files and the kernels' unix sockets
+            ipc.mkdir(parents=True)
+            prefix = f"coursegrade-nb{os.getpid()}-"
+            env.update(JUPYTER_PATH=str(jupyter), JUPYTER_RUNTIME_DIR=str(ipc), COURSE_NB_IPC_DIR=str(ipc),
+                       **{nbsandbox.CGROUP_PREFIX_ENV: prefix})
+            # ZeroMQ over unix sockets in ipc/: the kernel's network namespace has no route to the grader.
+            args = (*args, "--KernelManager.transport=ipc", f"--KernelManager.ip={ipc}/k")
+            print(f"isolation: {sandbox.detect().detail}")
+            if database.exists():
+                shutil.copyfile(database, Path(tmp) / "gradebook-before.db")
+        try:
+            returncode = subprocess.run([sys.executable, "-m", "nbgrader", *args, "--log-level=WARN"],
+                                        cwd=course_dir, env=env, check=False).returncode
+        finally:
+            if autograde:
+                sandbox.Cgroup.remove_all(prefix)
+        if autograde and (Path(tmp) / "gradebook-before.db").exists() and database.exists():
+            students = _option_values(args, "--student")
+            assignment = next((a for a in args[1:] if not a.startswith("-")), None)
+            for problem in gradebook.undo_foreign_changes(Path(tmp) / "gradebook-before.db", database,
+                                                          students, assignment):
+                print(f"gradebook: undone a change autograding may not make: {problem}")
+        if check and returncode:
+            raise subprocess.CalledProcessError(returncode, ["nbgrader", *args])
+        return returncode
+
+
+def _option_values(args, name):
+    """The values of --name=V / --name V in args; None if the option is absent (all students)."""
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"{name}=")]
+    values += [args[i + 1] for i, a in enumerate(args[:-1]) if a == name]
+    return set(values) if values else None
 
 
 def generate_assignment(lesson) -> Path:
@@ -99,9 +140,10 @@ def build_release(out: Path):
     for lesson in lesson_folders():  # a lesson in parts: one folder, one notebook
         if not lesson.available:
             continue
-        (out / "testcases" / lesson.id).mkdir(parents=True)
-        for test in lesson.tests.glob("test_*.py"):
-            shutil.copyfile(test, out / "testcases" / lesson.id / test.name)
+        from coursekit.grade import lesson_files
+        (out / "testcases" / lesson.tests.name).mkdir(parents=True, exist_ok=True)
+        for test in lesson_files(lesson):  # the suites and a shared helper module (_*.py), if any
+            shutil.copyfile(test, out / "testcases" / lesson.tests.name / test.name)
         if lesson.notebook.exists():
             shutil.copyfile(generate_assignment(lesson), out / "notebooks" / lesson.notebook.name)
 

@@ -139,8 +139,7 @@ def assert_close(actual, expected, *, dtype=None, probabilities=False, atol=None
     (what usually causes this failure).
     """
     __tracebackhide__ = True
-    if not isinstance(actual, torch.Tensor):
-        raise AssertionError(f"{what}: expected a torch.Tensor, got {type(actual).__name__}")
+    _exact_tensor(actual, what)
     expected = torch.as_tensor(expected)
     if tuple(actual.shape) != tuple(expected.shape):
         raise AssertionError(_message(
@@ -178,8 +177,19 @@ def assert_close(actual, expected, *, dtype=None, probabilities=False, atol=None
     raise AssertionError(_message(summary, hint))
 
 
+def _exact_tensor(x, what):
+    """Results must be plain tensors: a subclass (or any object with its own
+    __torch_function__) could make every comparison come out equal. A
+    module's nn.Parameter is torch's own and welcome."""
+    __tracebackhide__ = True
+    if type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter:
+        kind = "a torch.Tensor subclass" if isinstance(x, torch.Tensor) else "not a torch.Tensor"
+        raise AssertionError(f"{what}: expected a plain torch.Tensor, got {type(x).__name__} ({kind})")
+
+
 def assert_no_nan(x, *, what="output", hint=""):
     __tracebackhide__ = True
+    _exact_tensor(x, what)
     nan = torch.isnan(x.detach())
     if nan.any():
         idx = tuple(int(i) for i in nan.nonzero()[0])
@@ -210,7 +220,7 @@ def assert_rejects(fn, *names):
 def assert_same_mask(got, expected, *, what="mask", hint=""):
     """Exact comparison of boolean masks, naming the first differing position."""
     __tracebackhide__ = True
-    assert isinstance(got, torch.Tensor), f"{what}: expected a torch.Tensor, got {type(got).__name__}"
+    _exact_tensor(got, what)
     assert got.dtype == torch.bool, f"{what} has dtype {got.dtype}, expected torch.bool (True = may attend)"
     assert tuple(got.shape) == tuple(expected.shape), (
         f"{what} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}" + (f"\n  hint: {hint}" if hint else ""))
@@ -230,6 +240,7 @@ def assert_within_eager_error(actual, expected, eager, *, what="output", hint=""
     expected: float64 reference; eager: the same computation done by plain
     PyTorch ops in actual's dtype (see EAGER_FACTOR)."""
     __tracebackhide__ = True
+    _exact_tensor(actual, what)
     if tuple(actual.shape) != tuple(expected.shape):
         raise AssertionError(_message(
             f"{what} has shape {tuple(actual.shape)}, expected {tuple(expected.shape)}", hint))

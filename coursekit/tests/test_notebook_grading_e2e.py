@@ -10,6 +10,7 @@ runs it as its own step.
 import csv
 import shutil
 import textwrap
+import time
 from pathlib import Path
 
 import nbformat
@@ -17,6 +18,7 @@ import pytest
 
 from coursekit import COURSE_ROOT, notebooks
 from coursekit.release import NBGRADER_DIR, nbgrader
+from coursekit.sandbox import detect
 from coursekit.stubs import expected_stubs
 
 pytestmark = pytest.mark.slow
@@ -131,6 +133,46 @@ def autograded(tmp_path_factory):
             _nb.write_text("vandalised")
         """) + setup_cell(vandal).source
 
+    def with_setup(code):
+        nb = nbformat.from_dict(complete)
+        setup_cell(nb).source = textwrap.dedent(code) + setup_cell(nb).source
+        return nb
+
+    # Reaches for the gradebook (three folders up from autograded/<student>/<lesson>) to give
+    # everybody full marks; then a daemon that tries again after nbgrader is done; then the grader.
+    gradebook_thief = with_setup("""\
+        import sqlite3 as _sqlite3
+        try:
+            _db = _sqlite3.connect("../../../gradebook.db")
+            _db.execute("UPDATE grade SET auto_score = 99")
+            _db.commit()
+        except Exception:
+            pass
+        """)
+    gradebook_daemon = with_setup("""\
+        import os as _os, time as _time, sqlite3 as _sqlite3
+        _here = _os.path.abspath("../../../gradebook.db")
+        if _os.fork() == 0:
+            _os.setsid()
+            if _os.fork() == 0:
+                _time.sleep(3)
+                try:
+                    _db = _sqlite3.connect(_here)
+                    _db.execute("UPDATE grade SET auto_score = 99")
+                    _db.commit()
+                finally:
+                    _os._exit(0)
+            _os._exit(0)
+        """)
+    signals_nbgrader = with_setup("""\
+        import os as _os, signal as _signal
+        for _pid in {_os.getppid(), 1}:
+            try:
+                _os.kill(_pid, _signal.SIGTERM)
+            except OSError:
+                pass
+        """)
+
     zeros_score = direct_score(complete, "zeros", tmp)
     # student -> (lesson, notebook, model kind, expected points)
     students = {
@@ -147,6 +189,9 @@ def autograded(tmp_path_factory):
         "emits_warnings": (L02, complete, "warnings", max_points[L02]),
         "steals_solutions": (L02, complete, "steal", direct_score(complete, "raises", tmp)),
         "aa_vandal": (L02, vandal, "solutions", max_points[L02]),
+        "aa_rewrites_the_gradebook": (L02, gradebook_thief, "solutions", max_points[L02]),
+        "aa_gradebook_daemon": (L02, gradebook_daemon, "solutions", max_points[L02]),
+        "aa_signals_nbgrader": (L02, signals_nbgrader, "solutions", max_points[L02]),
     }
     for student, (lesson, nb, model_kind, _) in students.items():
         folder = course / "submitted" / student / lesson
@@ -157,6 +202,7 @@ def autograded(tmp_path_factory):
 
     for lesson in (L01, L02):
         nbgrader("autograde", lesson, "--force", "--Execute.timeout=20", course_dir=course, check=False)
+    time.sleep(5)  # the daemon's moment (it must be dead by now)
     nbgrader("export", "--to", str(tmp / "grades.csv"), course_dir=course)
     with open(tmp / "grades.csv") as f:
         scores = {(row["student_id"], row["assignment"]): float(row["score"]) for row in csv.DictReader(f)}
@@ -176,6 +222,7 @@ def test_the_cases_cost_what_they_should(autograded):
     assert 0 < students["wrong_model"][3] < students["reference"][3]
 
 
-def test_the_vandal_ran_but_graded_nobody_else_differently(autograded):
+def test_the_vandal_graded_nobody_else_differently(autograded):
     victim = autograded["course"] / "submitted" / "reference" / L02 / f"{L02}.ipynb"
-    assert victim.read_text() == "vandalised", "the vandal's cell should have run"
+    # In the kernel sandbox the vandal sees no other submission; without it, it overwrites them uselessly.
+    assert (victim.read_text() == "vandalised") == (detect().level == "none")

@@ -1,5 +1,4 @@
 """coursekit.pytest_plugin, exercised in inner pytest runs (pytester)."""
-import json
 import os
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import torch
 
 from coursekit import COURSE_ROOT
 from coursekit.impl import ENV_VAR
-from coursekit.pytest_plugin import read_report
+from coursekit.runner import read_report
 
 pytest_plugins = ["pytester"]
 
@@ -98,7 +97,7 @@ def test_course_report_records_each_outcome(run_course_pytest, pytester):
     """)
     report = pytester.path / "report.json"
     run_course_pytest("--course-report", str(report))
-    written = json.loads(report.read_text())
+    written = read_report(report)
     assert written["running"] is None, "no test is running once the session is over"
     results = written["results"]
     assert {node: r["outcome"] for node, r in results.items()} == {
