@@ -14,9 +14,11 @@ appended to MODULE, so its definitions replace the reference ones (and every
 caller inside the module sees them). The named suite must then fail.
 """
 import ast
+import os
 import re
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +77,7 @@ def check_suite(lesson, suite, paths, workdir: Path, marker=None):
         build_package(path, workdir, package)
     select = ["-m", marker] if marker else []
     run, results = run_with_report([lesson.tests / f"test_{suite}.py"], ",".join(packages), "-q", "--tb=no",
-                                   *select, pythonpath=workdir)
+                                   *select, pythonpath=workdir, threads=1)
     error = "" if results else (run.stdout[-2000:] + run.stderr[-2000:])
     verdicts = []
     for package, path in packages.items():
@@ -88,19 +90,30 @@ def check_suite(lesson, suite, paths, workdir: Path, marker=None):
     return verdicts
 
 
-def check_lessons(lessons):
-    """Run every known-wrong implementation of `lessons`; returns [Verdict]."""
-    verdicts = []
+def check_lessons(lessons, jobs=None):
+    """Run every known-wrong implementation of `lessons`; returns [Verdict].
+
+    One pytest run per (lesson, suite, kind of module), `jobs` of them side by
+    side (default: one per core), each with one torch thread and its own folder
+    of packages; the verdicts come back in lesson order."""
+    tasks = []
+    for lesson in lessons:
+        # A bug in a Triton module is looked for by the `triton` tests only, and a
+        # bug in a plain module by the others: the interpreter is slow, and the
+        # other tests would only run the correct code of the other module again.
+        groups = {}
+        for path in known_wrong_files(lesson):
+            module, suite, _ = describe(path)
+            groups.setdefault((suite, module.endswith("_triton")), []).append(path)
+        for (suite, triton), paths in sorted(groups.items()):
+            tasks.append((lesson, suite, paths, lesson.marker_expression("triton" if triton else "not triton")))
+    jobs = jobs or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="known-wrong-") as tmp:
-        for lesson in lessons:
-            # A bug in a Triton module is looked for by the `triton` tests only, and a
-            # bug in a plain module by the others: the interpreter is slow, and the
-            # other tests would only run the correct code of the other module again.
-            groups = {}
-            for path in known_wrong_files(lesson):
-                module, suite, _ = describe(path)
-                groups.setdefault((suite, module.endswith("_triton")), []).append(path)
-            for (suite, triton), paths in sorted(groups.items()):
-                verdicts += check_suite(lesson, suite, paths, Path(tmp),
-                                        lesson.marker_expression("triton" if triton else "not triton"))
-    return verdicts
+        def run(numbered):
+            index, (lesson, suite, paths, marker) = numbered
+            workdir = Path(tmp) / str(index)
+            workdir.mkdir()
+            return check_suite(lesson, suite, paths, workdir, marker)
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            return [verdict for verdicts in pool.map(run, enumerate(tasks)) for verdict in verdicts]

@@ -53,11 +53,13 @@ def read_report(path):
     return report
 
 
-def run_with_report(targets, impl, *args, pythonpath=None, capture=True):
+def run_with_report(targets, impl, *args, pythonpath=None, capture=True, threads=None):
     """pytest on `targets` (paths) with `impl` in a subprocess from the course
-    folder, `pythonpath` (where impl lives) first on the path; returns
-    (the finished process, {nodeid: result})."""
+    folder, `pythonpath` (where impl lives) first on the path, `threads` torch
+    threads (default: torch's choice); returns (the finished process, {nodeid: result})."""
     env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), str(COURSE_ROOT)])
     with tempfile.TemporaryDirectory() as tmp:
