@@ -63,6 +63,13 @@ def _inner_function(value):
     return value if isinstance(value, types.FunctionType) else None
 
 
+# Names that well-kept libraries add to a watched namespace when a test imports
+# them: not tampering, and deleting them would break the library.
+# transformers' modeling utilities add torch.nn.Module.smart_apply (the walk its
+# weight initialisation uses) the first time a model is built.
+LIBRARY_ADDITIONS = frozenset({"torch.nn.Module.smart_apply"})
+
+
 class Snapshot:
     def __init__(self, extra_modules=()):
         self.namespaces = []   # (label, dict, {name: value}, watch additions)
@@ -130,7 +137,7 @@ class Snapshot:
                     _set(owner, name, value)
             if known is not None:
                 for name in current.keys() - known:
-                    if _watched(current[name]):
+                    if _watched(current[name]) and f"{label}.{name}" not in LIBRARY_ADDITIONS:
                         changed.append(f"{label}.{name} (added)")
                         _delete(owner, name)
         suspects = set()

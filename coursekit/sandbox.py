@@ -245,7 +245,9 @@ def bwrap_base(limits: Limits):
     read-only system and Python paths, GPUs, a size-limited private /tmp."""
     command = [shutil.which("bwrap"), "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
                "--uid", "65534", "--gid", "65534", "--hostname", "grading",
-               "--proc", "/proc", "--dev", "/dev"]
+               "--proc", "/proc", "--dev", "/dev",
+               # the private /tmp first: the binds below may lie under /tmp (a venv in a clone there)
+               "--size", str(limits.disk_mb * 2**20), "--tmpfs", "/tmp"]
     for name in TOP_LINKS:
         path = Path("/") / name
         if path.is_symlink():
@@ -264,7 +266,7 @@ def bwrap_base(limits: Limits):
     if os.path.isdir("/sys"):  # CUDA reads PCI topology from /sys
         command += ["--ro-bind-try", "/sys/bus", "/sys/bus", "--ro-bind-try", "/sys/devices", "/sys/devices",
                     "--ro-bind-try", "/sys/module", "/sys/module"]
-    return command + ["--size", str(limits.disk_mb * 2**20), "--tmpfs", "/tmp"]
+    return command
 
 
 def bwrap_command(folder: Path, read_only, limits: Limits, argv):
