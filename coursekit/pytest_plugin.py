@@ -32,6 +32,8 @@ import signal
 import sys
 import threading
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -268,6 +270,9 @@ def pytest_runtest_setup(item):
         item.user_properties.append(("points", marker.args[0]))
 
 
+_TOOLING_TESTS = Path(__file__).resolve().parent / "tests"
+
+
 class TamperGuard:
     """Checks after every test phase that nothing the tests rely on was
     replaced (coursekit.guard), that no plugin or hook was registered, and that
@@ -298,9 +303,9 @@ class TamperGuard:
     # the next test's call.
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item):
-        if "testcases" not in item.path.parts:
-            # The course's own tooling tests (coursekit/tests) patch coursekit and
-            # torch on purpose, with monkeypatch; only lesson suites run student code.
+        if _TOOLING_TESTS in item.path.parents:
+            # The course's own tooling tests patch coursekit and torch on purpose
+            # (monkeypatch); they run no student code. Everything else is guarded.
             return (yield)
         watch = policy.ShortcutWatch(policy.cached_forbidden_for(_lesson_number(item)), self.student_dirs)
         try:
