@@ -167,3 +167,20 @@ def check_mask(mask, scores_shape, device):
         raise ValueError(
             f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape "
             f"{tuple(scores_shape)} (..., Lq, Lk)")
+
+
+def check_triton_device(x, interpreted, name="q"):
+    """The Triton kernels run on CUDA tensors, or on CPU tensors under Triton's
+    interpreter (`interpreted`: TRITON_INTERPRET=1 when the kernel module was imported)."""
+    if x.device.type == "cpu" and not interpreted:
+        raise ValueError(f"{name} is on the CPU: Triton runs CPU tensors only under TRITON_INTERPRET=1, set before "
+                         f"this module (and triton) is first imported; otherwise move q, k, v to a CUDA device")
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} must be on a CUDA device (or the CPU under the interpreter), got {x.device}")
+
+
+def contiguous_last(x):
+    """x itself if its last dim has unit stride, else a contiguous copy: the
+    Triton kernels take every stride as an argument but the head_dim one."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+

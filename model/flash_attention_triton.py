@@ -63,7 +63,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_positive_int, check_scale, check_tensor
+from ._checks import check_positive_int, check_scale, check_tensor, check_triton_device, contiguous_last
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one hardware instruction
 
@@ -413,16 +413,7 @@ def _check_inputs(q, k, v, causal, scale, window):
         check_positive_int("window", window)
         if not causal:
             raise ValueError(f"window={window} is a causal sliding window: pass causal=True with it")
-    if q.device.type == "cpu" and not INTERPRETED:
-        raise ValueError("q is on the CPU: Triton runs CPU tensors only under TRITON_INTERPRET=1, set before "
-                         "this module (and triton) is first imported; otherwise move q, k, v to a CUDA device")
-    if q.device.type not in ("cpu", "cuda"):
-        raise ValueError(f"q must be on a CUDA device (or the CPU under the interpreter), got {q.device}")
-
-
-def _contiguous_last(x):
-    """The kernels assume unit stride along head_dim (every other stride is passed in)."""
-    return x if x.stride(-1) == 1 else x.contiguous()
+    check_triton_device(q, INTERPRETED)
 
 
 def _kernel_constants(q, causal, window):
@@ -457,7 +448,7 @@ def _backward(q, k, v, out, lse, grad_out, causal, scale, window):
     sm_scale = _softmax_scale(D, scale)
     if q.numel() == 0 or k.numel() == 0:  # zero sizes: every gradient is an empty or zero tensor
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    grad_out = _contiguous_last(grad_out)
+    grad_out = contiguous_last(grad_out)
     common = _kernel_constants(q, causal, window)
 
     delta = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
@@ -489,7 +480,7 @@ def triton_flash_attention_forward(q, k, v, causal=False, scale=None, window=Non
     out 0) for a row that sees no key. Zero sizes give empty (or, for Lk = 0,
     zero) results. Bad input raises ValueError/TypeError naming the argument.
     The exercise: check the inputs (`_check_inputs`), give the kernels unit
-    stride along head_dim (`_contiguous_last`), and call the launcher `_forward`.
+    stride along head_dim (`contiguous_last`), and call the launcher `_forward`.
     """
     raise NotImplementedError("L05.2: implement triton_flash_attention_forward in model/flash_attention_triton.py (see tutorial/L05_flash_attention/README.md)")
 

@@ -50,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_scale, check_tensor
+from ._checks import check_scale, check_tensor, check_triton_device, contiguous_last
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one hardware instruction
 
@@ -268,16 +268,7 @@ def _check_inputs(q, k, v, kv_lens, scale, num_splits):
         # a length past T would read outside the cache: checked here, at the cost of one host sync
         if B and (int(kv_lens.min()) < 0 or int(kv_lens.max()) > T):
             raise ValueError(f"kv_lens must lie in 0..T = 0..{T}, got {kv_lens.tolist()}")
-    if q.device.type == "cpu" and not INTERPRETED:
-        raise ValueError("q is on the CPU: Triton runs CPU tensors only under TRITON_INTERPRET=1, set before "
-                         "this module (and triton) is first imported; otherwise move q, k, v to a CUDA device")
-    if q.device.type not in ("cpu", "cuda"):
-        raise ValueError(f"q must be on a CUDA device (or the CPU under the interpreter), got {q.device}")
-
-
-def _contiguous_last(x):
-    """The kernels assume unit stride along head_dim (every other stride is passed in)."""
-    return x if x.stride(-1) == 1 else x.contiguous()
+    check_triton_device(q, INTERPRETED)
 
 
 def triton_decode_attention(q, k, v, kv_lens=None, scale=None, num_splits=None):
@@ -294,7 +285,7 @@ def triton_decode_attention(q, k, v, kv_lens=None, scale=None, num_splits=None):
     """
     _check_inputs(q, k, v, kv_lens, scale, num_splits)
     q = q.contiguous()                                   # (B, H, Lq, D): tiny, usually contiguous already
-    k, v = _contiguous_last(k), _contiguous_last(v)      # the cache may be a strided view; D must be unit-stride
+    k, v = contiguous_last(k), contiguous_last(v)      # the cache may be a strided view; D must be unit-stride
     kv_lens = kv_lens.contiguous() if kv_lens is not None else None  # the kernel reads KV_LENS[b] at offset b
     B, H, Lq, D = q.shape
     Hkv, T = k.shape[1], k.shape[2]

@@ -16,7 +16,7 @@ def triton_decode_attention(q, k, v, kv_lens=None, scale=None, num_splits=None):
     """
     _check_inputs(q, k, v, kv_lens, scale, num_splits)
     q = q.contiguous()                                   # (B, H, Lq, D): tiny, usually contiguous already
-    k, v = _contiguous_last(k), _contiguous_last(v)      # the cache may be a strided view; D must be unit-stride
+    k, v = contiguous_last(k), contiguous_last(v)      # the cache may be a strided view; D must be unit-stride
     kv_lens = kv_lens.contiguous() if kv_lens is not None else None  # the kernel reads KV_LENS[b] at offset b
     B, H, Lq, D = q.shape
     Hkv, T = k.shape[1], k.shape[2]
