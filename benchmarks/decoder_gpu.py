@@ -18,7 +18,13 @@ Times are medians over --repeat runs with torch.cuda.synchronize around each
 phase (CUDA graphs and torch.compile are not used by either side); the spread
 (min - max) and the ratio ours / HF of the medians are printed and written to
 decoder_gpu.csv. Also checked: both generate the same greedy tokens on the
-first run (bfloat16 ties can make a late token differ; the table says so).
+first run (bfloat16 ties can make a token differ; the table says so), and, before
+the timing, how far each bfloat16 model's prefill logits are from the float32
+model's (same weights, RoPE frequencies in float32) and how often its top-1 token
+agrees with it. Hugging Face's bf16 model rounds its RoPE inverse frequencies to
+bf16 (`.to(bfloat16)` casts the inv_freq buffer), ours computes them in float32:
+at positions in the hundreds their angles differ by radians, so the two models'
+greedy tokens part early; the closeness line shows which one the float32 model agrees with.
 
 What to look for: prefill is matmul-bound and the attention kernel matters at
 long prompts; decoding at batch 1 is bound by kernel-launch overhead of ~10
@@ -88,6 +94,25 @@ def main():
           f"{args.layers} layers, hidden {args.hidden}, {args.heads} heads, {args.kv_heads} kv heads, bfloat16; "
           f"ours: {args.backend} attention, HF: {hf.config._attn_implementation}")
     from transformers import DynamicCache
+
+    with torch.inference_mode():  # how close each bf16 model is to the float32 one: the greedy-token column's context
+        ids = torch.randint(0, args.vocab, (1, 512), generator=torch.Generator().manual_seed(1)).to(device)
+        # the float32 reference: the same (bf16-rounded) weights, but built in float32, so its RoPE
+        # inverse frequencies stay float32 (.to(bfloat16) rounds HF's inv_freq buffer: 0.5623 -> 0.5625,
+        # an angle error that grows with the position; ours computes them in float32 in every dtype)
+        ref_model = hf_decoder(vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
+                               intermediate_size=args.hidden * 8 // 3 // 8 * 8, num_heads=args.heads,
+                               num_kv_heads=args.kv_heads, dtype=torch.float32)
+        ref_model.load_state_dict({k: v.float() for k, v in hf.state_dict().items()})
+        ref = ref_model.to(device)(ids).logits.float()
+        del ref_model
+        for who, logits in (("ours", ours(ids)), ("HF", hf(ids).logits)):
+            logits = logits.float()
+            top1 = (logits.argmax(-1) == ref.argmax(-1)).float().mean().item()
+            print(f"bf16 {who:4s} vs float32 HF, 512 prompt positions: max |logit error| "
+                  f"{(logits - ref).abs().max().item():.3f} (logits' std {ref.std().item():.2f}), "
+                  f"top-1 agreement {top1:.1%}")
+        del ref
 
     rows, table = [], []
     for B in args.batches:

@@ -176,22 +176,24 @@ def _merge_kernel(O_PART, LSE_PART, Out, LSE, S,
 
 # ---------------------------------------------------------------------------
 # Launch configuration.
-#   BLOCK_N  keys per loop step. 64 keys x 128 dims x 2 bytes = 16 KB of K and
-#            16 KB of V per step: wide, coalesced loads, and NUM_STAGES = 3 of
-#            them in shared memory (96 KB) so two tiles are in flight while the
-#            third is multiplied: that is what keeps HBM busy.
+#   BLOCK_N  keys per loop step. 128 keys x 128 dims x 2 bytes = 32 KB of K and
+#            32 KB of V per step: wide, coalesced loads, and num_stages = 3 of
+#            them in shared memory (192 KB of the H200's 227 KB per block) so two
+#            tiles are in flight while the third is multiplied: that keeps HBM busy.
 #   BLOCK_M  query rows: G * Lq rounded up to a power of two, at least 16 (the
 #            smallest tl.dot), at most 64 (more rows would spill the float32
 #            accumulator; a larger group is cut into several row blocks).
-# Measured by `benchmarks/decode_attention_gpu.py --sweep` on an H200 (bf16, D = 128;
-# benchmarks/results/decode_attention_gpu.txt): on bandwidth-bound MHA shapes every
-# candidate of BLOCK_N 32..128, 4..8 warps, 2..4 stages lands within 1-2 % of the
-# best, 64 / 4 / 3 included; on GQA shapes (G = 4) 128-key tiles were ~13 % faster
-# (B = 64, Hkv = 8, T = 16k: 958 us against 1107 us). The committed benchmark ran
-# with 64 / 4 / 3; BLOCK_N = 128 is the next thing to measure. The interpreter runs
-# 16-key tiles: every program is executed in Python there, small tiles keep CPU tests fast.
+# Measured on an H200 (bf16, D = 128; `benchmarks/decode_attention_gpu.py --sweep` and a
+# probe of six shapes x six configs, 3 interleaved repeats, medians, recorded in
+# benchmarks/results/decode_attention_gpu.txt): 128 keys / 8 warps / 3 stages is within
+# 1 % of cuDNN on every bandwidth-bound shape (B = 8, Hkv = 8, T = 32k: 254.7 us against
+# cuDNN's 251.6; B = 64, Hkv = 8, T = 16k: 936 us against 942) and never more than 2 % off
+# the best config of any shape by more than 3 %. The earlier 64 / 4 / 3 lost 13 % on
+# the same shapes (287.6 and 1085.8 us) while 64 / 4 / 2 did not, so the loss came
+# from that pipeline depth at 64-key tiles, not from the tile size (not profiled). The interpreter runs 16-key tiles: every program is
+# executed in Python there, small tiles keep CPU tests fast.
 # ---------------------------------------------------------------------------
-GPU_CONFIG = dict(BLOCK_N=64, num_warps=4, num_stages=3)
+GPU_CONFIG = dict(BLOCK_N=128, num_warps=8, num_stages=3)
 INTERPRETER_CONFIG = dict(BLOCK_N=16, num_warps=1, num_stages=1)
 MAX_BLOCK_M = 64
 PROGRAMS_PER_SM = 2     # target when splitting: two stage-1 programs per SM

@@ -143,6 +143,27 @@ def test_bfloat16_decoder_is_as_close_as_hugging_face(impl):
                               hint="RMSNorm statistics and RoPE angles in float32, cast at the end")
 
 
+@pytest.mark.gpu
+def test_triton_attention_backend_on_cuda_is_as_close_as_hugging_face(impl):
+    """The GPU benchmark's path: set_attention_backend("triton") sends every attention call
+    through your L05 kernel (GQA inside it, bottom-right causal): a bfloat16 prefill and then
+    single-token decode steps through the caches, on CUDA, must be as close to the float64
+    reference as Hugging Face's own bfloat16 model is."""
+    ids = token_ids(2, 40)
+    with torch.no_grad():
+        reference = hf_decoder(**GQA)(ids).logits
+        hf16 = hf_decoder(**GQA, dtype=torch.bfloat16).cuda()
+        eager = hf16(ids.cuda()).logits
+        model = ours(impl, hf16).set_attention_backend("triton")
+        caches = model.new_caches(2, 40)
+        logits = [model(ids[:, :32].cuda(), caches=caches)]                         # prefill: 32 tokens
+        logits += [model(ids[:, t:t + 1].cuda(), caches=caches) for t in range(32, 40)]  # decode: Lq = 1
+    got = torch.cat(logits, dim=1)
+    assert_within_eager_error(got, reference, eager, what="bfloat16 logits of the Triton path (prefill + decode)",
+                              hint="a decode step is Lq = 1 against the cache: the kernel's causal mask must be "
+                                   "bottom-right; GQA heads map h -> h // (H / Hkv)")
+
+
 @pytest.mark.parametrize("window", [1, 2, 40])
 def test_windows_of_one_two_and_longer_than_the_sequence(impl, window):
     hf = hf_decoder(num_heads=6, num_kv_heads=3, sliding_window=window)
