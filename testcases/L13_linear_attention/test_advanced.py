@@ -118,3 +118,55 @@ def test_decay_rejects_bad_values(impl):
     assert_rejects(lambda: la.decayed_linear_attention_recurrent(q, k, v, 0.0), "decay")
     assert_rejects(lambda: la.decayed_linear_attention_recurrent(q, k, v, 1.5), "decay")
     assert_rejects(lambda: la.decayed_linear_attention_recurrent(q, k, v, torch.ones(2)), "decay")
+
+
+# ------------------------------------- Triton chunked kernel, on a CUDA GPU --
+# Real sizes: D = 64 and 128, thousands of tokens, every chunk size, half precision.
+# The expected values are the O(L^2) definition from torch primitives in float64 (on the GPU).
+
+def causal_definition(q, k, v, eps=1e-6):
+    """The (L, L) matrix of phi(q_i)·phi(k_j), j <= i, normalised by its row sums plus eps; float64."""
+    fq, fk = (torch.where(x > 0, x + 1.0, torch.exp(x)) for x in (q.double(), k.double()))
+    weights = torch.einsum("bhid,bhjd->bhij", fq, fk).tril()               # (B, H, L, L)
+    return torch.einsum("bhij,bhje->bhie", weights, v.double()) / (weights.sum(-1, keepdim=True) + eps)
+
+
+def gpu_qkv(length, head_dim, *, heads=4, seed=40, dtype=torch.float32, scale=1.0, offset=0.0):
+    q = randn(1, heads, length, head_dim, seed=seed, dtype=dtype, device="cuda", scale=scale)
+    k = randn(1, heads, length, head_dim, seed=seed + 1, dtype=dtype, device="cuda", scale=scale)
+    v = (randn(1, heads, length, head_dim, seed=seed + 2, device="cuda") + offset).to(dtype)
+    return q, k, v
+
+
+GPU_HINT = ("on the GPU the kernel runs 16..128-token chunks with one program per (batch, head, value block): "
+            "each block must carry its own columns of S across every chunk and use the whole phi(q)·z")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("chunk_size", [16, 32, 64, 128])
+@pytest.mark.parametrize("head_dim, block_dv", [(64, None), (128, None), (64, 16)],
+                         ids=["d64", "d128", "d64_blocks_of_16"])
+def test_triton_gpu_float32_matches_the_definition(impl, chunk_size, head_dim, block_dv):
+    q, k, v = gpu_qkv(2053, head_dim)  # 2053 = a prime: the last chunk is partial for every chunk size
+    out = impl.linear_attention_triton.triton_linear_attention_chunked(q, k, v, chunk_size=chunk_size,
+                                                                        block_dv=block_dv)
+    assert_close(out, causal_definition(q, k, v), dtype=torch.float32,
+                 what=f"triton float32, L = 2053, D = {head_dim}, chunk {chunk_size}, block_dv {block_dv}",
+                 hint=GPU_HINT)
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_triton_gpu_half_precision_within_eager_error(impl, dtype, head_dim):
+    # 12289 tokens whose values share an offset of 2 (as real value vectors do): S and z grow with L
+    # (|z| ~ L), far past float16's 65504 if they were kept in half precision. The yardstick is the
+    # exact answer rounded once to dtype, the strictest eager error there is.
+    q, k, v = gpu_qkv(12289, head_dim, heads=2, seed=41, dtype=dtype, scale=0.5, offset=2.0)
+    out = impl.linear_attention_triton.triton_linear_attention_chunked(q, k, v)
+    assert out.dtype == dtype, f"{dtype} in, {out.dtype} out (the output keeps the input dtype)"
+    expected = causal_definition(q, k, v)
+    assert_within_eager_error(out, expected, expected.to(dtype), what=f"triton {dtype}, L = 12289, D = {head_dim}",
+                              hint=HALF_HINT)

@@ -47,16 +47,20 @@ def _chunked_kernel(Q, K, V, Out,
         phi_q = tl.where(row_ok, _elu_plus_one(q.to(tl.float32)), 0.0)
         phi_k = tl.where(row_ok, _elu_plus_one(k.to(tl.float32)), 0.0)
 
-        S = tl.dot(tl.trans(phi_k.to(dot_dtype)), v, S, input_precision=DOT_PRECISION)  # BUG: update first
-        z += tl.sum(phi_k, 0)
+        phi_k_dot = phi_k.to(dot_dtype)                         # the operand S is built from (z sums the same)
+
+        S = tl.dot(tl.trans(phi_k_dot), v, S, input_precision=DOT_PRECISION)  # (D, C) @ (C, BLOCK_DV)  # BUG: before the output
+        z += tl.sum(phi_k_dot.to(tl.float32), 0)                 # (BLOCK_D,) the same rounded features as S
         # -- intra-chunk, quadratic: A = tril(phi(Q_c) phi(K_c)^T): (C, D) @ (D, C) -> (C, C) --
-        a = tl.dot(phi_q.to(dot_dtype), tl.trans(phi_k.to(dot_dtype)), input_precision=DOT_PRECISION)
-        a = tl.where(causal, a, 0.0)                             # a hidden key weighs 0 in BOTH sums (not -inf)
+        a = tl.dot(phi_q.to(dot_dtype), tl.trans(phi_k_dot), input_precision=DOT_PRECISION)
+        a = tl.where(causal, a, 0.0).to(dot_dtype)               # a hidden key weighs 0 in BOTH sums (not -inf)
         # numerator: A V_c (C, C) @ (C, BLOCK_DV)  +  phi(Q_c) S (C, D) @ (D, BLOCK_DV), float32 accumulator
-        num = tl.dot(a.to(dot_dtype), v, input_precision=DOT_PRECISION)
+        num = tl.dot(a, v, input_precision=DOT_PRECISION)
         num = tl.dot(phi_q, S, num, input_precision=DOT_PRECISION)  # S stays float32: tf32 operands, no overflow
-        # denominator: A 1 + phi(Q_c)·z + eps, in float32 (row sums, not a matmul: one column would waste a dot)
-        den = tl.sum(a, 1) + tl.sum(phi_q * z[None, :], 1) + eps    # (BLOCK_C,)
+        # denominator: A 1 + phi(Q_c)·z + eps, in float32 (row sums, not a matmul: one column would waste a dot).
+        # The row sums add the SAME rounded A the numerator multiplies: numerator and denominator then weigh
+        # each key alike and the output stays a convex mix of values (rounding moves the weights, not the scale)
+        den = tl.sum(a.to(tl.float32), 1) + tl.sum(phi_q * z[None, :], 1) + eps    # (BLOCK_C,)
         out = num / den[:, None]
         tl.store(o_base + offs_l[:, None].to(tl.int64) * HEAD_DIM + offs_dv[None, :],
                  out.to(Out.dtype.element_ty), mask=l_ok[:, None] & dv_ok[None, :])
