@@ -30,8 +30,10 @@ Writes linear_attention_gpu.csv as it goes (no matplotlib needed on the GPU);
 --plot draws linear_attention_gpu.png from a CSV.
 """
 import argparse
+import functools
 import math
 import os
+import statistics
 from pathlib import Path
 
 import _path  # noqa: F401  (before coursekit: the course folder on sys.path)
@@ -88,7 +90,7 @@ def measure(impl, length, head_dim, *, repeats, torch_max_len):
         call()
     torch.cuda.synchronize()
     times = time_interleaved(calls, repeats=repeats)
-    best_sdpa = min((sorted(t)[len(t) // 2] for name, t in times.items() if name.startswith("sdpa")), default=None)
+    best_sdpa = min((statistics.median(t) for name, t in times.items() if name.startswith("sdpa")), default=None)
     block_dv = lat.choose_block_dv(BATCH * HEADS, head_dim, torch.cuda.get_device_properties(0).multi_processor_count)
     rows = []
     for name, t in times.items():
@@ -135,45 +137,63 @@ def max_error(impl, length=8192, head_dim=64):
     return err
 
 
-def sweep(impl, lengths=(8192, 65536)):
-    """Chunk size x value block for the Triton kernel, at D = 64 and 128: what the defaults come from."""
+SWEEP_CONFIGS = ([(chunk, block_dv, 4) for chunk in (32, 64, 128) for block_dv in (16, 32, 64)]
+                 + [(64, 16, 8), (64, 32, 8), (128, 16, 8), (128, 32, 8)])  # (chunk_size, block_dv, num_warps)
+
+
+def sweep(impl, lengths=(32768,)):
+    """Chunk size x value block x warps of the Triton kernel, at D = 64 and 128: what the defaults come from."""
     lat = impl.linear_attention_triton
+    default_config = dict(lat.GPU_CONFIG)
     rows = []
     for head_dim in HEAD_DIMS:
         for length in lengths:
             q, k, v = inputs(length, head_dim, device="cuda")
+
+            def call(chunk, block_dv, warps):
+                lat.GPU_CONFIG.update(num_warps=warps)  # read by the launcher at each call
+                return lat.triton_linear_attention_chunked(q, k, v, chunk_size=chunk, block_dv=block_dv)
             calls = {}
-            for chunk in (32, 64, 128):
-                for block_dv in (16, 32, 64, 128):
-                    if block_dv > head_dim:
-                        continue
-                    calls[(chunk, block_dv)] = (lambda c=chunk, b=block_dv:
-                                                lat.triton_linear_attention_chunked(q, k, v, chunk_size=c, block_dv=b))
-            for key, call in list(calls.items()):
+            for config in SWEEP_CONFIGS:
                 try:
-                    call()
+                    call(*config)
+                    calls[config] = functools.partial(call, *config)
                 except Exception as err:  # a config that does not compile (registers, shared memory)
-                    print(f"  chunk {key[0]} block_dv {key[1]} failed: {type(err).__name__}: {str(err)[:160]}")
-                    del calls[key]
+                    print(f"  chunk {config[0]} block_dv {config[1]} warps {config[2]} failed: "
+                          f"{type(err).__name__}: {str(err)[:160]}")
             torch.cuda.synchronize()
             times = time_interleaved(calls, repeats=3)
-            for (chunk, block_dv), t in times.items():
+            for (chunk, block_dv, warps), t in sorted(times.items(), key=lambda item: statistics.median(item[1])):
                 s = spread(t)
-                rows.append([head_dim, length, chunk, block_dv, s["us"], f"[{s['us_min']}, {s['us_max']}]"])
-    print_table(["D", "L", "chunk", "block_dv", "us", "[min, max]"], rows)
+                rows.append([head_dim, length, chunk, block_dv, warps, s["us"], f"[{s['us_min']}, {s['us_max']}]"])
+    lat.GPU_CONFIG.clear()
+    lat.GPU_CONFIG.update(default_config)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    chosen = {d: lat.choose_block_dv(BATCH * HEADS, d, sms) for d in HEAD_DIMS}
+    print(f"sweep (B = {BATCH}, H = {HEADS}, bf16; defaults {default_config}, chunk {CHUNK}, block_dv {chosen}):")
+    print_table(["D", "L", "chunk", "block_dv", "warps", "us", "[min, max]"], rows)
 
 
 def smoke(impl):
-    """CPU, TRITON_INTERPRET=1: every code path at tiny sizes, checked against the PyTorch form."""
-    q, k, v = (torch.randn(1, 2, 70, 16) for _ in range(3))
-    got = impl.linear_attention_triton.triton_linear_attention_chunked(q, k, v, chunk_size=16)
-    want = impl.linear_attention.linear_attention_chunked(q, k, v, chunk_size=16)
-    err = (got - want).abs().max().item()
-    print(f"smoke: L = 70, D = 16, chunk 16: max |triton - PyTorch chunked| = {err:.3g}")
-    rows = [dict(seq_len=70, head_dim=16, method="triton", us=1.0), dict(seq_len=70, head_dim=16, method="sdpa_flash",
-                                                                         us=2.0)]
-    print(f"smoke: crossing helper on fake rows: {crossing(rows, 16)}")
-    if err > 1e-4:
+    """Every code path at tiny sizes, checked against the PyTorch form: on the CPU under
+    TRITON_INTERPRET=1, or on a GPU (a first compile check there, float32 and bfloat16)."""
+    device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+    dtypes = (torch.float32,) if device == "cpu" else (torch.float32, torch.bfloat16)
+    worst = 0.0
+    for dtype in dtypes:
+        for chunk, head_dim in ((16, 16), (64, 64)):
+            q, k, v = (torch.randn(1, 2, 70, head_dim, device=device).to(dtype) for _ in range(3))
+            got = impl.linear_attention_triton.triton_linear_attention_chunked(q, k, v, chunk_size=chunk)
+            want = impl.linear_attention.linear_attention_chunked(q.float(), k.float(), v.float(), chunk_size=chunk)
+            err = (got.float() - want).abs().max().item()
+            print(f"smoke on {device}: L = 70, D = {head_dim}, chunk {chunk}, {dtype}: "
+                  f"max |triton - PyTorch chunked fp32| = {err:.3g}")
+            worst = max(worst, err / (1e-4 if dtype == torch.float32 else 3e-2))
+    rows = [dict(seq_len=1024, head_dim=16, method="triton", us=3.0), dict(seq_len=1024, head_dim=16, method="sdpa_flash",
+            us=2.0), dict(seq_len=2048, head_dim=16, method="triton", us=5.0),
+            dict(seq_len=2048, head_dim=16, method="sdpa_flash", us=8.0)]
+    print(f"smoke: crossing helper on made-up rows (3 vs 2 us at 1k, 5 vs 8 at 2k): {crossing(rows, 16)}")
+    if worst > 1:
         raise SystemExit("smoke: the kernel disagrees with the PyTorch chunked form")
 
 
