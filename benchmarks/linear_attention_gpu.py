@@ -2,6 +2,7 @@
 
     python benchmarks/linear_attention_gpu.py --impl solutions --out benchmarks/results
     python benchmarks/linear_attention_gpu.py --impl solutions --sweep         # chunk size and value block first
+    python benchmarks/linear_attention_gpu.py --impl solutions --backward --lengths 4096 16384 65536 --out ...
     python benchmarks/linear_attention_gpu.py --plot benchmarks/results/linear_attention_gpu.csv
     TRITON_INTERPRET=1 python benchmarks/linear_attention_gpu.py --impl solutions --smoke   # CPU check, tiny sizes
 
@@ -45,6 +46,7 @@ from coursekit.bench import CsvLog, add_common_args, device_name, gpu_time, prin
 from coursekit.impl import Implementation
 
 CSV_NAME, PNG_NAME = "linear_attention_gpu.csv", "linear_attention_gpu.png"
+BACKWARD_CSV_NAME = "linear_attention_gpu_backward.csv"
 FIELDS = ["batch", "heads", "seq_len", "head_dim", "dtype", "method", "chunk_size", "block_dv", "us", "us_min",
           "us_max", "runs", "tokens_per_s", "ratio_vs_sdpa", "device"]
 BATCH, HEADS = 1, 16
@@ -105,6 +107,44 @@ def measure(impl, length, head_dim, *, repeats, torch_max_len):
     return rows
 
 
+def measure_backward(impl, length, head_dim, *, repeats):
+    """Forward + backward of triton (its backward kernels) and of the SDPA backends, at one point."""
+    lat = impl.linear_attention_triton
+    q, k, v = (t.requires_grad_() for t in inputs(length, head_dim, device="cuda"))
+    grad_out = inputs(length, head_dim, device="cuda", seed=2)[0]
+
+    def fwd_bwd(fn):
+        def call():
+            q.grad = k.grad = v.grad = None
+            fn().backward(grad_out)
+        return call
+    calls = {"triton": fwd_bwd(lambda: lat.triton_linear_attention_chunked(q, k, v, chunk_size=CHUNK))}
+    for backend in ("sdpa_flash", "sdpa_cudnn"):
+        fwd = sdpa_call(backend, q, k, v)
+        if fwd is not None:
+            calls[backend] = fwd_bwd(fwd)
+    for call in list(calls):
+        try:
+            calls[call]()
+        except RuntimeError as err:
+            print(f"  {call} fwd+bwd left out: {str(err).splitlines()[0][:120]}")
+            del calls[call]
+    torch.cuda.synchronize()
+    times = time_interleaved(calls, repeats=repeats)
+    best_sdpa = min((statistics.median(t) for name, t in times.items() if name.startswith("sdpa")), default=None)
+    rows = []
+    for name, t in times.items():
+        row = dict(batch=BATCH, heads=HEADS, seq_len=length, head_dim=head_dim, dtype="bfloat16",
+                   method=f"{name}_fwd_bwd", chunk_size=CHUNK if name == "triton" else "", block_dv="",
+                   **spread(t), device=device_name())
+        row["tokens_per_s"] = f"{BATCH * length / (row['us'] * 1e-6):.4g}"
+        row["ratio_vs_sdpa"] = f"{best_sdpa * 1e6 / row['us']:.3f}" if best_sdpa else ""
+        rows.append(row)
+    del q, k, v, grad_out
+    torch.cuda.empty_cache()
+    return rows
+
+
 def crossing(rows, head_dim):
     """(L below, L above, interpolated L) where triton's time falls below the best SDPA's, or None."""
     by_len = {}
@@ -137,8 +177,8 @@ def max_error(impl, length=8192, head_dim=64):
     return err
 
 
-SWEEP_CONFIGS = ([(chunk, block_dv, 4) for chunk in (32, 64, 128) for block_dv in (16, 32, 64)]
-                 + [(64, 16, 8), (64, 32, 8), (128, 16, 8), (128, 32, 8)])  # (chunk_size, block_dv, num_warps)
+SWEEP_CONFIGS = [(32, 16, 4), (64, 16, 4), (128, 16, 4), (64, 32, 4), (64, 64, 4), (64, 16, 8),
+                 (128, 16, 8)]  # (chunk_size, block_dv, num_warps)
 
 
 def sweep(impl, lengths=(32768,)):
@@ -227,6 +267,8 @@ def main():
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]), csv_name=CSV_NAME)
     parser.add_argument("--smoke", action="store_true", help="CPU under TRITON_INTERPRET=1, tiny sizes, no timing")
     parser.add_argument("--sweep", action="store_true", help="time chunk sizes x value blocks of the Triton kernel")
+    parser.add_argument("--backward", action="store_true",
+                        help=f"time forward + backward (triton vs SDPA) instead, into {BACKWARD_CSV_NAME}")
     parser.add_argument("--lengths", type=int, nargs="+", default=LENGTHS, help="sequence lengths (default 1k..128k)")
     parser.add_argument("--head-dims", type=int, nargs="+", default=list(HEAD_DIMS))
     parser.add_argument("--torch-max-len", type=int, default=32768,
@@ -246,6 +288,16 @@ def main():
     print(f"{device_name()}, torch {torch.__version__}, impl {impl.name}")
     if args.sweep:
         sweep(impl)
+        return
+    if args.backward:
+        with CsvLog(args.out / BACKWARD_CSV_NAME if args.out else None, FIELDS) as log:
+            for head_dim in args.head_dims:
+                for length in args.lengths:
+                    new = measure_backward(impl, length, head_dim, repeats=args.repeats)
+                    log.write(new)
+                    print_table(["L", "D", "method", "us", "[min, max]", "tokens/s", "vs SDPA"],
+                                [[r["seq_len"], r["head_dim"], r["method"], r["us"], f"[{r['us_min']}, {r['us_max']}]",
+                                  r["tokens_per_s"], r["ratio_vs_sdpa"]] for r in new])
         return
     rows = []
     with CsvLog(args.out / CSV_NAME if args.out else None, FIELDS) as log:

@@ -44,13 +44,17 @@ tensor cores multiply at full rate. phi(Q) S keeps S in float32 (tf32 operands):
 S sums L outer products, and rounded to float16 it overflows at long L (a value
 offset of 1 makes |S| ~ L).
 
+Backward (advanced): TritonLinearAttentionFunction saves q, k, v, out and the
+denominators (B, H, L) float32, and runs two more scans, dq forward in time
+and dk, dv backward in time (the formulas above _backward_dq_kernel), one
+program per (batch, head) with all D columns.
+
 Limits: causal self-attention (Lq == Lk), elu + 1 feature map (inside the
 kernel), Dv == D (ValueError naming v), head_dim 1..256 (padded to a power of
-two >= 16), chunk_size a power of two in 16..128. Forward only: there is no
-backward here (the PyTorch forms are differentiable through autograd).
-Runs on CUDA in float16, bfloat16, float32 (float32 products in IEEE
-precision), and on CPU tensors under TRITON_INTERPRET=1 at small shapes (the
-CPU-only CI). Tested under the interpreter and on an H200 (Triton 3.6, torch 2.11).
+two >= 16), chunk_size a power of two in 16..128. Runs on CUDA in float16,
+bfloat16, float32 (float32 products in IEEE precision), and on CPU tensors
+under TRITON_INTERPRET=1 at small shapes (the CPU-only CI). Tested under the
+interpreter and on an H200 (Triton 3.6, torch 2.11).
 """
 import functools
 import numbers
@@ -76,15 +80,17 @@ def _elu_plus_one(x):
 
 
 @triton.jit
-def _chunked_kernel(Q, K, V, Out,
+def _chunked_kernel(Q, K, V, Out, DEN,
                     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
                     stride_vb, stride_vh, stride_vl, H, L, eps,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                    BLOCK_C: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                    BLOCK_C: tl.constexpr, STORE_DEN: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Causal linear attention of one (batch, head), value columns [dv0, dv0 + BLOCK_DV).
 
     q, k, v (B, H, L, D) with unit stride on D; out (B, H, L, D) contiguous.
-    Program (bh, j): batch bh // H, head bh % H, value columns j * BLOCK_DV ..."""
+    Program (bh, j): batch bh // H, head bh % H, value columns j * BLOCK_DV ...
+    STORE_DEN: also write the denominators phi(q_i)·z_i + eps, float32 (B, H, L), for the
+    backward (program j = 0 only: every value block computes the same ones)."""
     off_bh = tl.program_id(0)
     off_b = off_bh // H
     off_h = off_bh % H
@@ -111,8 +117,70 @@ def _chunked_kernel(Q, K, V, Out,
 # The interpreter runs one warp and one stage (nothing to pipeline in Python).
 # ---------------------------------------------------------------------------
 GPU_CONFIG = dict(num_warps=4, num_stages=2)
+BACKWARD_GPU_CONFIG = dict(num_warps=8, num_stages=1)  # (D, D) float32 R or S plus (C, C) blocks: more threads
 INTERPRETER_CONFIG = dict(num_warps=1, num_stages=1)
 MIN_BLOCK = 16  # the smallest tl.dot dimension
+
+
+# ---------------------------------------------------------------------------
+# Backward (advanced). With num_i = phi(q_i)^T S_i, den_i = phi(q_i)·z_i + eps and
+# out_i = num_i / den_i, the incoming dO gives
+#     dnum_i = dO_i / den_i                 (Dv,)   dden_i = -(dO_i · out_i) / den_i    (scalar)
+#     g_ij   = v_j · dnum_i + dden_i        for j <= i: what key j's weight phi(q_i)·phi(k_j) is worth
+#     dphi(q_i) = sum_{j<=i} g_ij phi(k_j)  = S_i dnum_i + z_i dden_i      a scan forward, like the forward
+#     dphi(k_j) = sum_{i>=j} g_ij phi(q_i)  = R_j v_j + r_j                a scan BACKWARD over
+#     dv_j      = sum_{i>=j} (phi(q_i)·phi(k_j)) dnum_i = R_j^T phi(k_j)   R_j = sum_{i>=j} phi(q_i) dnum_i^T,
+#                                                                          r_j = sum_{i>=j} phi(q_i) dden_i
+# and dq = dphi(q) * phi'(q) with phi'(x) = 1 for x > 0, exp(x) below (the same for k).
+# Two kernels, one per direction, one program per (batch, head) with all D columns: dphi(q)
+# sums over every value column, so the columns cannot be split without a reduction.
+# Everything in float32 (tf32 products for half inputs); gradients stored in the input dtype.
+# ---------------------------------------------------------------------------
+@triton.jit
+def _elu_plus_one_grad(x):
+    """d phi / dx = 1 for x > 0, exp(x) below. x float32."""
+    return tl.where(x > 0, 1.0, tl.exp(tl.minimum(x, 0.0)))
+
+
+@triton.jit
+def _load_chunk(base, offs_l, stride_l, offs_d, row_ok):
+    return tl.load(base + offs_l[:, None].to(tl.int64) * stride_l + offs_d[None, :], mask=row_ok, other=0.0)
+
+
+@triton.jit
+def _backward_dq_kernel(Q, K, V, Out, DO, DEN, DQ,
+                        stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+                        stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol, H, L,
+                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+                        DOT_PRECISION: tl.constexpr):
+    """dq of one (batch, head): chunks in order, carrying (S, z) as the forward does.
+    out and dO (B, H, L, D) through their strides; den float32 (B, H, L); dq contiguous."""
+    off_bh = tl.program_id(0)
+    off_b = off_bh // H
+    off_h = off_bh % H
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    b64, h64 = off_b.to(tl.int64), off_h.to(tl.int64)
+    raise NotImplementedError("L13: implement _backward_dq_kernel in model/linear_attention_triton.py (see tutorial/L13_linear_attention/README.md)")
+
+
+@triton.jit
+def _backward_dkdv_kernel(Q, K, V, Out, DO, DEN, DK, DV,
+                          stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+                          stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol, H, L,
+                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+                          DOT_PRECISION: tl.constexpr):
+    """dk and dv of one (batch, head): chunks from the LAST to the first, carrying
+    R = sum_{i>=j} phi(q_i) dnum_i^T (D, Dv) and r = sum_{i>=j} phi(q_i) dden_i (D,)."""
+    off_bh = tl.program_id(0)
+    off_b = off_bh // H
+    off_h = off_bh % H
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    b64, h64 = off_b.to(tl.int64), off_h.to(tl.int64)
+    raise NotImplementedError("L13: implement _backward_dkdv_kernel in model/linear_attention_triton.py (see tutorial/L13_linear_attention/README.md)")
 
 
 @functools.lru_cache(maxsize=None)
@@ -160,6 +228,62 @@ def _check_inputs(q, k, v, chunk_size, eps, block_dv):
     check_triton_device(q, INTERPRETED)
 
 
+def _forward(q, k, v, chunk_size, eps, block_dv, store_den):
+    """Launch the forward kernel on checked, D-unit-stride inputs: out (B, H, L, D) and, when
+    store_den, den (B, H, L) float32 for the backward (else None)."""
+    B, H, L, D = q.shape
+    out = torch.empty((B, H, L, D), device=q.device, dtype=q.dtype)  # contiguous; every element is written
+    den = torch.empty((B, H, L), device=q.device, dtype=torch.float32) if store_den else None
+    if out.numel() == 0:
+        return out, den
+    block_d = max(MIN_BLOCK, triton.next_power_of_2(D))
+    if block_dv is None:
+        block_dv = (block_d if q.device.type == "cpu"                 # the interpreter: fewest programs
+                    else choose_block_dv(B * H, D, _sm_count(q.device.index or 0)))
+    block_dv = min(block_dv, block_d)
+    grid = (B * H, triton.cdiv(D, block_dv))
+    _chunked_kernel[grid](
+        q, k, v, out, den if store_den else out, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], H, L,
+        float(eps), HEAD_DIM=D, BLOCK_D=block_d, BLOCK_DV=block_dv, BLOCK_C=chunk_size, STORE_DEN=store_den,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        **(INTERPRETER_CONFIG if INTERPRETED else GPU_CONFIG))
+    return out, den
+
+
+def _backward(q, k, v, out, den, grad_out, chunk_size):
+    """dq, dk, dv (each (B, H, L, D) in q's dtype) from the saved forward and dO."""
+    grad_out = contiguous_last(grad_out)
+    B, H, L, D = q.shape
+    dq, dk, dv = (torch.empty((B, H, L, D), device=q.device, dtype=q.dtype) for _ in range(3))
+    if dq.numel() == 0:
+        return dq, dk, dv
+    common = dict(HEAD_DIM=D, BLOCK_D=max(MIN_BLOCK, triton.next_power_of_2(D)), BLOCK_C=chunk_size,
+                  DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+                  **(INTERPRETER_CONFIG if INTERPRETED else BACKWARD_GPU_CONFIG))
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3], H, L)
+    _backward_dq_kernel[(B * H,)](q, k, v, out, grad_out, den, dq, *strides, **common)
+    _backward_dkdv_kernel[(B * H,)](q, k, v, out, grad_out, den, dk, dv, *strides, **common)
+    return dq, dk, dv
+
+
+class TritonLinearAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper: forward saves q, k, v, out and the denominators (B, H, L) float32
+    (O(L) extra, no (C, C) block, no state); backward runs the two scans."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, chunk_size, eps, block_dv):
+        out, den = _forward(q, k, v, chunk_size, eps, block_dv, store_den=True)
+        ctx.save_for_backward(q, k, v, out, den)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, den = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, out, den, grad_out, ctx.chunk_size)
+        return dq, dk, dv, None, None, None
+
+
 def triton_linear_attention_chunked(q, k, v, chunk_size=64, eps=1e-6, *, block_dv=None):
     """Causal linear attention with phi = elu + 1, chunked, one Triton program per (batch, head, Dv block).
 
@@ -168,22 +292,10 @@ def triton_linear_attention_chunked(q, k, v, chunk_size=64, eps=1e-6, *, block_d
         out_i = phi(q_i)^T S_i / (phi(q_i)·z_i + eps),  S_i = sum_{j<=i} phi(k_j) v_j^T,  z_i = sum_{j<=i} phi(k_j).
     chunk_size: the kernel's BLOCK_C, one of 16, 32, 64, 128. block_dv: value columns
     per program (None: choose_block_dv; an explicit power of two >= 16 forces it).
+    Differentiable: when autograd records (an input requires grad), the backward kernels run.
     """
     _check_inputs(q, k, v, chunk_size, eps, block_dv)
     q, k, v = contiguous_last(q), contiguous_last(k), contiguous_last(v)  # D must be unit-stride
-    B, H, L, D = q.shape
-    out = torch.empty((B, H, L, D), device=q.device, dtype=q.dtype)  # contiguous; every element is written
-    if out.numel() == 0:
-        return out
-    block_d = max(MIN_BLOCK, triton.next_power_of_2(D))
-    if block_dv is None:
-        block_dv = (block_d if q.device.type == "cpu"                 # the interpreter: fewest programs
-                    else choose_block_dv(B * H, D, _sm_count(q.device.index or 0)))
-    block_dv = min(block_dv, block_d)
-    grid = (B * H, triton.cdiv(D, block_dv))
-    _chunked_kernel[grid](
-        q, k, v, out, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], H, L, float(eps),
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_DV=block_dv, BLOCK_C=chunk_size,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        **(INTERPRETER_CONFIG if INTERPRETED else GPU_CONFIG))
-    return out
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return TritonLinearAttentionFunction.apply(q, k, v, chunk_size, eps, block_dv)
+    return _forward(q, k, v, chunk_size, eps, block_dv, store_den=False)[0]

@@ -44,13 +44,17 @@ tensor cores multiply at full rate. phi(Q) S keeps S in float32 (tf32 operands):
 S sums L outer products, and rounded to float16 it overflows at long L (a value
 offset of 1 makes |S| ~ L).
 
+Backward (advanced): TritonLinearAttentionFunction saves q, k, v, out and the
+denominators (B, H, L) float32, and runs two more scans, dq forward in time
+and dk, dv backward in time (the formulas above _backward_dq_kernel), one
+program per (batch, head) with all D columns.
+
 Limits: causal self-attention (Lq == Lk), elu + 1 feature map (inside the
 kernel), Dv == D (ValueError naming v), head_dim 1..256 (padded to a power of
-two >= 16), chunk_size a power of two in 16..128. Forward only: there is no
-backward here (the PyTorch forms are differentiable through autograd).
-Runs on CUDA in float16, bfloat16, float32 (float32 products in IEEE
-precision), and on CPU tensors under TRITON_INTERPRET=1 at small shapes (the
-CPU-only CI). Tested under the interpreter and on an H200 (Triton 3.6, torch 2.11).
+two >= 16), chunk_size a power of two in 16..128. Runs on CUDA in float16,
+bfloat16, float32 (float32 products in IEEE precision), and on CPU tensors
+under TRITON_INTERPRET=1 at small shapes (the CPU-only CI). Tested under the
+interpreter and on an H200 (Triton 3.6, torch 2.11).
 """
 import functools
 import numbers
@@ -76,15 +80,17 @@ def _elu_plus_one(x):
 
 
 @triton.jit
-def _chunked_kernel(Q, K, V, Out,
+def _chunked_kernel(Q, K, V, Out, DEN,
                     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
                     stride_vb, stride_vh, stride_vl, H, L, eps,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                    BLOCK_C: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                    BLOCK_C: tl.constexpr, STORE_DEN: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Causal linear attention of one (batch, head), value columns [dv0, dv0 + BLOCK_DV).
 
     q, k, v (B, H, L, D) with unit stride on D; out (B, H, L, D) contiguous.
-    Program (bh, j): batch bh // H, head bh % H, value columns j * BLOCK_DV ..."""
+    Program (bh, j): batch bh // H, head bh % H, value columns j * BLOCK_DV ...
+    STORE_DEN: also write the denominators phi(q_i)·z_i + eps, float32 (B, H, L), for the
+    backward (program j = 0 only: every value block computes the same ones)."""
     off_bh = tl.program_id(0)
     off_b = off_bh // H
     off_h = off_bh % H
@@ -134,6 +140,9 @@ def _chunked_kernel(Q, K, V, Out,
         # each key alike and the output stays a convex mix of values (rounding moves the weights, not the scale)
         den = tl.sum(a.to(tl.float32), 1) + tl.sum(phi_q * z[None, :], 1) + eps    # (BLOCK_C,)
         out = num / den[:, None]
+        if STORE_DEN:
+            if tl.program_id(1) == 0:
+                tl.store(DEN + off_bh.to(tl.int64) * L + offs_l, den, mask=l_ok)
         tl.store(o_base + offs_l[:, None].to(tl.int64) * HEAD_DIM + offs_dv[None, :],
                  out.to(Out.dtype.element_ty), mask=l_ok[:, None] & dv_ok[None, :])
 
@@ -154,8 +163,134 @@ def _chunked_kernel(Q, K, V, Out,
 # The interpreter runs one warp and one stage (nothing to pipeline in Python).
 # ---------------------------------------------------------------------------
 GPU_CONFIG = dict(num_warps=4, num_stages=2)
+BACKWARD_GPU_CONFIG = dict(num_warps=8, num_stages=1)  # (D, D) float32 R or S plus (C, C) blocks: more threads
 INTERPRETER_CONFIG = dict(num_warps=1, num_stages=1)
 MIN_BLOCK = 16  # the smallest tl.dot dimension
+
+
+# ---------------------------------------------------------------------------
+# Backward (advanced). With num_i = phi(q_i)^T S_i, den_i = phi(q_i)·z_i + eps and
+# out_i = num_i / den_i, the incoming dO gives
+#     dnum_i = dO_i / den_i                 (Dv,)   dden_i = -(dO_i · out_i) / den_i    (scalar)
+#     g_ij   = v_j · dnum_i + dden_i        for j <= i: what key j's weight phi(q_i)·phi(k_j) is worth
+#     dphi(q_i) = sum_{j<=i} g_ij phi(k_j)  = S_i dnum_i + z_i dden_i      a scan forward, like the forward
+#     dphi(k_j) = sum_{i>=j} g_ij phi(q_i)  = R_j v_j + r_j                a scan BACKWARD over
+#     dv_j      = sum_{i>=j} (phi(q_i)·phi(k_j)) dnum_i = R_j^T phi(k_j)   R_j = sum_{i>=j} phi(q_i) dnum_i^T,
+#                                                                          r_j = sum_{i>=j} phi(q_i) dden_i
+# and dq = dphi(q) * phi'(q) with phi'(x) = 1 for x > 0, exp(x) below (the same for k).
+# Two kernels, one per direction, one program per (batch, head) with all D columns: dphi(q)
+# sums over every value column, so the columns cannot be split without a reduction.
+# Everything in float32 (tf32 products for half inputs); gradients stored in the input dtype.
+# ---------------------------------------------------------------------------
+@triton.jit
+def _elu_plus_one_grad(x):
+    """d phi / dx = 1 for x > 0, exp(x) below. x float32."""
+    return tl.where(x > 0, 1.0, tl.exp(tl.minimum(x, 0.0)))
+
+
+@triton.jit
+def _load_chunk(base, offs_l, stride_l, offs_d, row_ok):
+    return tl.load(base + offs_l[:, None].to(tl.int64) * stride_l + offs_d[None, :], mask=row_ok, other=0.0)
+
+
+@triton.jit
+def _backward_dq_kernel(Q, K, V, Out, DO, DEN, DQ,
+                        stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+                        stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol, H, L,
+                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+                        DOT_PRECISION: tl.constexpr):
+    """dq of one (batch, head): chunks in order, carrying (S, z) as the forward does.
+    out and dO (B, H, L, D) through their strides; den float32 (B, H, L); dq contiguous."""
+    off_bh = tl.program_id(0)
+    off_b = off_bh // H
+    off_h = off_bh % H
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    b64, h64 = off_b.to(tl.int64), off_h.to(tl.int64)
+    ### BEGIN SOLUTION
+    causal = offs_c[:, None] >= offs_c[None, :]
+    S = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)          # sum_{j<=i} phi(k_j) v_j^T, earlier chunks
+    z = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for start in tl.range(0, L, BLOCK_C):
+        offs_l = start + offs_c
+        l_ok = offs_l < L
+        row_ok = l_ok[:, None] & d_ok[None, :]
+        q = _load_chunk(Q + b64 * stride_qb + h64 * stride_qh, offs_l, stride_ql, offs_d, row_ok).to(tl.float32)
+        k = _load_chunk(K + b64 * stride_kb + h64 * stride_kh, offs_l, stride_kl, offs_d, row_ok).to(tl.float32)
+        v = _load_chunk(V + b64 * stride_vb + h64 * stride_vh, offs_l, stride_vl, offs_d, row_ok).to(tl.float32)
+        o = _load_chunk(Out + off_bh.to(tl.int64) * L * HEAD_DIM, offs_l, HEAD_DIM, offs_d, row_ok).to(tl.float32)
+        do = _load_chunk(DO + b64 * stride_ob + h64 * stride_oh, offs_l, stride_ol, offs_d, row_ok).to(tl.float32)
+        den = tl.load(DEN + off_bh.to(tl.int64) * L + offs_l, mask=l_ok, other=1.0)   # 1: no 0/0 on padding
+        phi_q = tl.where(row_ok, _elu_plus_one(q), 0.0)
+        phi_k = tl.where(row_ok, _elu_plus_one(k), 0.0)
+        dnum = do / den[:, None]                                 # (C, Dv)
+        dden = -tl.sum(do * o, 1) / den                          # (C,)
+        # g_ij = v_j·dnum_i + dden_i inside the chunk, j <= i: (C, Dv) @ (Dv, C) -> (C, C)
+        g = tl.dot(dnum, tl.trans(v), input_precision=DOT_PRECISION) + dden[:, None]
+        g = tl.where(causal, g, 0.0)
+        # dphi(q) = g phi(K_c) + dnum S^T + dden z^T: this chunk's keys, then every earlier one
+        dphi_q = tl.dot(g, phi_k, input_precision=DOT_PRECISION)
+        dphi_q = tl.dot(dnum, tl.trans(S), dphi_q, input_precision=DOT_PRECISION) + dden[:, None] * z[None, :]
+        dq = dphi_q * _elu_plus_one_grad(q)
+        tl.store(DQ + off_bh.to(tl.int64) * L * HEAD_DIM + offs_l[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :],
+                 dq.to(DQ.dtype.element_ty), mask=row_ok)
+        S = tl.dot(tl.trans(phi_k), v, S, input_precision=DOT_PRECISION)
+        z += tl.sum(phi_k, 0)
+    ### END SOLUTION
+
+
+@triton.jit
+def _backward_dkdv_kernel(Q, K, V, Out, DO, DEN, DK, DV,
+                          stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+                          stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol, H, L,
+                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+                          DOT_PRECISION: tl.constexpr):
+    """dk and dv of one (batch, head): chunks from the LAST to the first, carrying
+    R = sum_{i>=j} phi(q_i) dnum_i^T (D, Dv) and r = sum_{i>=j} phi(q_i) dden_i (D,)."""
+    off_bh = tl.program_id(0)
+    off_b = off_bh // H
+    off_h = off_bh % H
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    b64, h64 = off_b.to(tl.int64), off_h.to(tl.int64)
+    ### BEGIN SOLUTION
+    causal = offs_c[:, None] >= offs_c[None, :]                  # rows: queries i, columns: keys j
+    R = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)          # later chunks' sum_i phi(q_i) dnum_i^T
+    r = tl.zeros([BLOCK_D], dtype=tl.float32)                   # later chunks' sum_i phi(q_i) dden_i
+    num_chunks = tl.cdiv(L, BLOCK_C)
+    for step in tl.range(0, num_chunks):
+        offs_l = (num_chunks - 1 - step) * BLOCK_C + offs_c      # the last chunk first
+        l_ok = offs_l < L
+        row_ok = l_ok[:, None] & d_ok[None, :]
+        q = _load_chunk(Q + b64 * stride_qb + h64 * stride_qh, offs_l, stride_ql, offs_d, row_ok).to(tl.float32)
+        k = _load_chunk(K + b64 * stride_kb + h64 * stride_kh, offs_l, stride_kl, offs_d, row_ok).to(tl.float32)
+        v = _load_chunk(V + b64 * stride_vb + h64 * stride_vh, offs_l, stride_vl, offs_d, row_ok).to(tl.float32)
+        o = _load_chunk(Out + off_bh.to(tl.int64) * L * HEAD_DIM, offs_l, HEAD_DIM, offs_d, row_ok).to(tl.float32)
+        do = _load_chunk(DO + b64 * stride_ob + h64 * stride_oh, offs_l, stride_ol, offs_d, row_ok).to(tl.float32)
+        den = tl.load(DEN + off_bh.to(tl.int64) * L + offs_l, mask=l_ok, other=1.0)
+        phi_q = tl.where(row_ok, _elu_plus_one(q), 0.0)
+        phi_k = tl.where(row_ok, _elu_plus_one(k), 0.0)
+        dnum = do / den[:, None]
+        dden = -tl.sum(do * o, 1) / den
+        # A_ij = phi(q_i)·phi(k_j) and g_ij = v_j·dnum_i + dden_i, both kept for i >= j: (C, C)
+        a = tl.where(causal, tl.dot(phi_q, tl.trans(phi_k), input_precision=DOT_PRECISION), 0.0)
+        g = tl.where(causal, tl.dot(dnum, tl.trans(v), input_precision=DOT_PRECISION) + dden[:, None], 0.0)
+        # dv = A^T dnum + phi(K_c) R: (C, C) @ (C, Dv) plus (C, D) @ (D, Dv)
+        dv = tl.dot(tl.trans(a), dnum, input_precision=DOT_PRECISION)
+        dv = tl.dot(phi_k, R, dv, input_precision=DOT_PRECISION)
+        # dphi(k) = g^T phi(Q_c) + V_c R^T + r: (C, C) @ (C, D) plus (C, Dv) @ (Dv, D)
+        dphi_k = tl.dot(tl.trans(g), phi_q, input_precision=DOT_PRECISION)
+        dphi_k = tl.dot(v, tl.trans(R), dphi_k, input_precision=DOT_PRECISION) + r[None, :]
+        dk = dphi_k * _elu_plus_one_grad(k)
+        row = off_bh.to(tl.int64) * L * HEAD_DIM + offs_l[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
+        tl.store(DK + row, dk.to(DK.dtype.element_ty), mask=row_ok)
+        tl.store(DV + row, dv.to(DV.dtype.element_ty), mask=row_ok)
+        # fold this chunk's queries in, AFTER its keys used the later chunks only
+        R = tl.dot(tl.trans(phi_q), dnum, R, input_precision=DOT_PRECISION)
+        r += tl.sum(phi_q * dden[:, None], 0)
+    ### END SOLUTION
 
 
 @functools.lru_cache(maxsize=None)
@@ -203,6 +338,62 @@ def _check_inputs(q, k, v, chunk_size, eps, block_dv):
     check_triton_device(q, INTERPRETED)
 
 
+def _forward(q, k, v, chunk_size, eps, block_dv, store_den):
+    """Launch the forward kernel on checked, D-unit-stride inputs: out (B, H, L, D) and, when
+    store_den, den (B, H, L) float32 for the backward (else None)."""
+    B, H, L, D = q.shape
+    out = torch.empty((B, H, L, D), device=q.device, dtype=q.dtype)  # contiguous; every element is written
+    den = torch.empty((B, H, L), device=q.device, dtype=torch.float32) if store_den else None
+    if out.numel() == 0:
+        return out, den
+    block_d = max(MIN_BLOCK, triton.next_power_of_2(D))
+    if block_dv is None:
+        block_dv = (block_d if q.device.type == "cpu"                 # the interpreter: fewest programs
+                    else choose_block_dv(B * H, D, _sm_count(q.device.index or 0)))
+    block_dv = min(block_dv, block_d)
+    grid = (B * H, triton.cdiv(D, block_dv))
+    _chunked_kernel[grid](
+        q, k, v, out, den if store_den else out, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], H, L,
+        float(eps), HEAD_DIM=D, BLOCK_D=block_d, BLOCK_DV=block_dv, BLOCK_C=chunk_size, STORE_DEN=store_den,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        **(INTERPRETER_CONFIG if INTERPRETED else GPU_CONFIG))
+    return out, den
+
+
+def _backward(q, k, v, out, den, grad_out, chunk_size):
+    """dq, dk, dv (each (B, H, L, D) in q's dtype) from the saved forward and dO."""
+    grad_out = contiguous_last(grad_out)
+    B, H, L, D = q.shape
+    dq, dk, dv = (torch.empty((B, H, L, D), device=q.device, dtype=q.dtype) for _ in range(3))
+    if dq.numel() == 0:
+        return dq, dk, dv
+    common = dict(HEAD_DIM=D, BLOCK_D=max(MIN_BLOCK, triton.next_power_of_2(D)), BLOCK_C=chunk_size,
+                  DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+                  **(INTERPRETER_CONFIG if INTERPRETED else BACKWARD_GPU_CONFIG))
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3], H, L)
+    _backward_dq_kernel[(B * H,)](q, k, v, out, grad_out, den, dq, *strides, **common)
+    _backward_dkdv_kernel[(B * H,)](q, k, v, out, grad_out, den, dk, dv, *strides, **common)
+    return dq, dk, dv
+
+
+class TritonLinearAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper: forward saves q, k, v, out and the denominators (B, H, L) float32
+    (O(L) extra, no (C, C) block, no state); backward runs the two scans."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, chunk_size, eps, block_dv):
+        out, den = _forward(q, k, v, chunk_size, eps, block_dv, store_den=True)
+        ctx.save_for_backward(q, k, v, out, den)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, den = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, out, den, grad_out, ctx.chunk_size)
+        return dq, dk, dv, None, None, None
+
+
 def triton_linear_attention_chunked(q, k, v, chunk_size=64, eps=1e-6, *, block_dv=None):
     """Causal linear attention with phi = elu + 1, chunked, one Triton program per (batch, head, Dv block).
 
@@ -211,22 +402,10 @@ def triton_linear_attention_chunked(q, k, v, chunk_size=64, eps=1e-6, *, block_d
         out_i = phi(q_i)^T S_i / (phi(q_i)·z_i + eps),  S_i = sum_{j<=i} phi(k_j) v_j^T,  z_i = sum_{j<=i} phi(k_j).
     chunk_size: the kernel's BLOCK_C, one of 16, 32, 64, 128. block_dv: value columns
     per program (None: choose_block_dv; an explicit power of two >= 16 forces it).
+    Differentiable: when autograd records (an input requires grad), the backward kernels run.
     """
     _check_inputs(q, k, v, chunk_size, eps, block_dv)
     q, k, v = contiguous_last(q), contiguous_last(k), contiguous_last(v)  # D must be unit-stride
-    B, H, L, D = q.shape
-    out = torch.empty((B, H, L, D), device=q.device, dtype=q.dtype)  # contiguous; every element is written
-    if out.numel() == 0:
-        return out
-    block_d = max(MIN_BLOCK, triton.next_power_of_2(D))
-    if block_dv is None:
-        block_dv = (block_d if q.device.type == "cpu"                 # the interpreter: fewest programs
-                    else choose_block_dv(B * H, D, _sm_count(q.device.index or 0)))
-    block_dv = min(block_dv, block_d)
-    grid = (B * H, triton.cdiv(D, block_dv))
-    _chunked_kernel[grid](
-        q, k, v, out, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], H, L, float(eps),
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK_DV=block_dv, BLOCK_C=chunk_size,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        **(INTERPRETER_CONFIG if INTERPRETED else GPU_CONFIG))
-    return out
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return TritonLinearAttentionFunction.apply(q, k, v, chunk_size, eps, block_dv)
+    return _forward(q, k, v, chunk_size, eps, block_dv, store_den=False)[0]

@@ -3,15 +3,17 @@ MODULE = "linear_attention_triton"
 
 
 @triton.jit
-def _chunked_kernel(Q, K, V, Out,
+def _chunked_kernel(Q, K, V, Out, DEN,
                     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
                     stride_vb, stride_vh, stride_vl, H, L, eps,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                    BLOCK_C: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                    BLOCK_C: tl.constexpr, STORE_DEN: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Causal linear attention of one (batch, head), value columns [dv0, dv0 + BLOCK_DV).
 
     q, k, v (B, H, L, D) with unit stride on D; out (B, H, L, D) contiguous.
-    Program (bh, j): batch bh // H, head bh % H, value columns j * BLOCK_DV ..."""
+    Program (bh, j): batch bh // H, head bh % H, value columns j * BLOCK_DV ...
+    STORE_DEN: also write the denominators phi(q_i)·z_i + eps, float32 (B, H, L), for the
+    backward (program j = 0 only: every value block computes the same ones)."""
     off_bh = tl.program_id(0)
     off_b = off_bh // H
     off_h = off_bh % H
@@ -60,6 +62,9 @@ def _chunked_kernel(Q, K, V, Out,
         # each key alike and the output stays a convex mix of values (rounding moves the weights, not the scale)
         den = tl.sum(a.to(tl.float32), 1) + tl.sum(phi_q * z[None, :], 1) + eps    # (BLOCK_C,)
         out = num / den[:, None]
+        if STORE_DEN:
+            if tl.program_id(1) == 0:
+                tl.store(DEN + off_bh.to(tl.int64) * L + offs_l, den, mask=l_ok)
         tl.store(o_base + offs_l[:, None].to(tl.int64) * HEAD_DIM + offs_dv[None, :],
                  out.to(Out.dtype.element_ty), mask=l_ok[:, None] & dv_ok[None, :])
 
