@@ -1,7 +1,8 @@
 """L13 advanced suite: float32 and half precision (statistics in float32,
 output in the input dtype), gradients of every form against autograd through
 the float64 definition, and the decayed recurrent form (decay 1 is the plain
-one; a per-head decay weighs token j by decay^(t - j)).
+one; a per-head decay weighs token j by decay^(t - j)), and the Triton kernel's
+gradients (interpreter or CUDA) and its GPU runs at real sizes (marked `gpu`).
 
 Run: ./course test L13 --advanced
 """

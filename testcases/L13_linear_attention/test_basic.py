@@ -1,6 +1,8 @@
 """L13 basic suite: the feature map, linear attention by its definition, the
 recurrent form (a state of constant size that continues any prefix) and the
-chunked form (every chunk size, never an L x L tensor), and bad input.
+chunked form (every chunk size, never an L x L tensor), bad input, and the
+Triton chunked kernel (marked `triton`: on CUDA, or on the CPU under
+TRITON_INTERPRET=1) against the definition built here from einsum.
 
 Run: ./course test L13    (or: pytest testcases/L13_linear_attention -m basic)
 Expected values come from coursekit.reference.linear_attention_ref: the
