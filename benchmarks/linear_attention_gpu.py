@@ -77,6 +77,13 @@ def inputs(length, head_dim, *, device, dtype=torch.bfloat16, seed=0):
             for _ in range(3)]
 
 
+TIMING = dict(warmup_ms=25, rep_ms=100)  # gpu_time's budget per timing; --warmup-ms / --rep-ms change it
+
+
+def timer(fn):
+    return gpu_time(fn, **TIMING)
+
+
 def measure(impl, length, head_dim, *, repeats, torch_max_len):
     lat = impl.linear_attention_triton
     q, k, v = inputs(length, head_dim, device="cuda")
@@ -91,7 +98,7 @@ def measure(impl, length, head_dim, *, repeats, torch_max_len):
     for call in calls.values():  # compile / autotune / first-call work out of the timings
         call()
     torch.cuda.synchronize()
-    times = time_interleaved(calls, repeats=repeats)
+    times = time_interleaved(calls, repeats=repeats, timer=timer)
     best_sdpa = min((statistics.median(t) for name, t in times.items() if name.startswith("sdpa")), default=None)
     block_dv = lat.choose_block_dv(BATCH * HEADS, head_dim, torch.cuda.get_device_properties(0).multi_processor_count)
     rows = []
@@ -271,6 +278,11 @@ def main():
                         help=f"time forward + backward (triton vs SDPA) instead, into {BACKWARD_CSV_NAME}")
     parser.add_argument("--lengths", type=int, nargs="+", default=LENGTHS, help="sequence lengths (default 1k..128k)")
     parser.add_argument("--head-dims", type=int, nargs="+", default=list(HEAD_DIMS))
+    parser.add_argument("--max-len", nargs="+", default=[], metavar="D:L",
+                        help="skip lengths above L for head dim D (e.g. 128:65536: SDPA at 128k, D = 128 is slow to time)")
+    parser.add_argument("--warmup-ms", type=float, default=25, help="gpu_time warm-up budget per timing (default 25)")
+    parser.add_argument("--rep-ms", type=float, default=100, help="gpu_time budget per timing (default 100)")
+    parser.add_argument("--no-plot", action="store_true", help="write the CSV only (draw later with --plot)")
     parser.add_argument("--torch-max-len", type=int, default=32768,
                         help="time the PyTorch chunked form up to this L (it is ~100x slower; default 32768)")
     args = parser.parse_args()
@@ -286,6 +298,8 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU: run on the GPU machine, or use --smoke (CPU, TRITON_INTERPRET=1, tiny sizes)")
     print(f"{device_name()}, torch {torch.__version__}, impl {impl.name}")
+    TIMING.update(warmup_ms=args.warmup_ms, rep_ms=args.rep_ms)
+    max_len = {int(d): int(n) for d, n in (item.split(":") for item in args.max_len)}
     if args.sweep:
         sweep(impl)
         return
@@ -299,10 +313,13 @@ def main():
                                 [[r["seq_len"], r["head_dim"], r["method"], r["us"], f"[{r['us_min']}, {r['us_max']}]",
                                   r["tokens_per_s"], r["ratio_vs_sdpa"]] for r in new])
         return
+    max_error(impl)  # first: one point, and it compiles the D = 64 kernel the timings use
     rows = []
     with CsvLog(args.out / CSV_NAME if args.out else None, FIELDS) as log:
         for head_dim in args.head_dims:
             for length in args.lengths:
+                if length > max_len.get(head_dim, length):
+                    continue
                 new = measure(impl, length, head_dim, repeats=args.repeats, torch_max_len=args.torch_max_len)
                 log.write(new)
                 rows += new
@@ -318,8 +335,7 @@ def main():
         else:
             print(f"D = {head_dim}: triton overtakes SDPA between L = {cross[0]} and {cross[1]} "
                   f"(log-log interpolation: L ~ {cross[2]})")
-    max_error(impl)
-    if args.out:
+    if args.out and not args.no_plot:
         try:
             plot(rows, args.out / PNG_NAME)
         except ImportError:
