@@ -13,8 +13,9 @@ walk inside ONE program per (batch, head, block of value columns):
         z     += phi(K_c)^T 1                               (D,)
 
 The state (S, z) lives in float32 registers for the whole walk: it is read
-from and written to HBM never. Q, K, V are read once and out written once:
-4 * L * D * 2 bytes per head in bf16, the least any implementation can move.
+from and written to HBM never. With one value block per head, Q, K, V are read
+once and out written once: 4 * L * D * 2 bytes per head in bf16, the least any
+implementation can move (each further value block reads Q and K again).
 
 Why the chunk size is the BLOCK (the tradeoff the lesson measures):
 - Per chunk the intra-chunk part costs C*C*(D + Dv) multiply-adds (A, then A V)
