@@ -90,7 +90,8 @@ LESSONS = (
     Lesson("L11_paged_kv_cache", "The paged KV cache and continuous batching", ("paged_kv_cache", "serving")),
     Lesson("L12_kv_compression", "Compressing the KV cache: quantization, eviction, sinks",
            ("kv_quant", "kv_eviction")),
-    Lesson("L13_linear_attention", "Linear attention: parallel, recurrent and chunked", ("linear_attention",)),
+    Lesson("L13_linear_attention", "Linear attention: parallel, recurrent and chunked",
+           ("linear_attention", "linear_attention_triton")),
 )
 
 

@@ -1,7 +1,8 @@
 """L13 advanced suite: float32 and half precision (statistics in float32,
 output in the input dtype), gradients of every form against autograd through
 the float64 definition, and the decayed recurrent form (decay 1 is the plain
-one; a per-head decay weighs token j by decay^(t - j)).
+one; a per-head decay weighs token j by decay^(t - j)), and the Triton kernel's
+gradients (interpreter or CUDA) and its GPU runs at real sizes (marked `gpu`).
 
 Run: ./course test L13 --advanced
 """
@@ -118,3 +119,98 @@ def test_decay_rejects_bad_values(impl):
     assert_rejects(lambda: la.decayed_linear_attention_recurrent(q, k, v, 0.0), "decay")
     assert_rejects(lambda: la.decayed_linear_attention_recurrent(q, k, v, 1.5), "decay")
     assert_rejects(lambda: la.decayed_linear_attention_recurrent(q, k, v, torch.ones(2)), "decay")
+
+
+# ----------------------------------------------- Triton kernel, backward --
+# Under TRITON_INTERPRET=1 on the CPU or on CUDA: the gradients of the kernel (float32) against
+# autograd through the float64 definition built from primitives.
+
+def definition_with_graph(q, k, v, eps=1e-6):
+    fq = torch.where(q > 0, q + 1.0, torch.exp(q))
+    fk = torch.where(k > 0, k + 1.0, torch.exp(k))
+    weights = torch.einsum("bhid,bhjd->bhij", fq, fk).tril()                 # (B, H, L, L), j <= i
+    return torch.einsum("bhij,bhje->bhie", weights, v) / (weights.sum(-1, keepdim=True) + eps)
+
+
+def triton_gradients_vs_autograd(impl, length, head_dim, chunk_size, device, seed):
+    shape = (2, 2, length, head_dim)
+    q, k, v = (randn(*shape, seed=seed + i, dtype=torch.float64, device=device, requires_grad=True) for i in range(3))
+    grad_out = randn(*shape, seed=seed + 3, dtype=torch.float64, device=device)
+    expected = torch.autograd.grad(definition_with_graph(q, k, v), (q, k, v), grad_out)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    out = impl.linear_attention_triton.triton_linear_attention_chunked(q32, k32, v32, chunk_size=chunk_size)
+    out.backward(grad_out.float())
+    for name, t, e in zip(("dq", "dk", "dv"), (q32, k32, v32), expected):
+        assert t.grad is not None, f"no gradient reached {name[1]}: the kernel's output must be differentiable"
+        assert_close(t.grad, e, dtype=torch.float32,
+                     what=f"triton {name} (L = {length}, D = {head_dim}, chunk {chunk_size})",
+                     hint="dq scans forward with (S, z); dk and dv scan BACKWARD with R = sum_{i>=j} phi(q_i) "
+                          "dnum_i^T and r = sum_{i>=j} phi(q_i) dden_i, dnum = dO / den, dden = -(dO·out) / den; "
+                          "the chain rule through phi: 1 for x > 0, exp(x) below")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("length, head_dim, chunk_size", [(37, 16, 16), (50, 12, 32)],
+                         ids=["37_by_16", "50_by_32_head_dim_12"])
+def test_triton_gradients_match_autograd_of_the_definition(impl, triton_device, length, head_dim, chunk_size):
+    triton_gradients_vs_autograd(impl, length, head_dim, chunk_size, triton_device, seed=30)
+
+
+# ------------------------------------- Triton chunked kernel, on a CUDA GPU --
+# Real sizes: D = 64 and 128, thousands of tokens, every chunk size, half precision.
+# The expected values are the O(L^2) definition from torch primitives in float64 (on the GPU).
+
+def causal_definition(q, k, v, eps=1e-6):
+    """The (L, L) matrix of phi(q_i)·phi(k_j), j <= i, normalised by its row sums plus eps; float64."""
+    fq, fk = (torch.where(x > 0, x + 1.0, torch.exp(x)) for x in (q.double(), k.double()))
+    weights = torch.einsum("bhid,bhjd->bhij", fq, fk).tril()               # (B, H, L, L)
+    return torch.einsum("bhij,bhje->bhie", weights, v.double()) / (weights.sum(-1, keepdim=True) + eps)
+
+
+def gpu_qkv(length, head_dim, *, heads=4, seed=40, dtype=torch.float32, scale=1.0, offset=0.0):
+    q = randn(1, heads, length, head_dim, seed=seed, dtype=dtype, device="cuda", scale=scale)
+    k = randn(1, heads, length, head_dim, seed=seed + 1, dtype=dtype, device="cuda", scale=scale)
+    v = (randn(1, heads, length, head_dim, seed=seed + 2, device="cuda") + offset).to(dtype)
+    return q, k, v
+
+
+GPU_HINT = ("on the GPU the kernel runs 16..128-token chunks with one program per (batch, head, value block): "
+            "each block must carry its own columns of S across every chunk and use the whole phi(q)·z")
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("chunk_size, head_dim, block_dv",
+                         [(16, 64, None), (32, 64, None), (64, 64, None), (128, 64, None), (64, 128, None),
+                          (128, 128, None), (64, 64, 64)],
+                         ids=["c16_d64", "c32_d64", "c64_d64", "c128_d64", "c64_d128", "c128_d128", "c64_d64_one_block"])
+def test_triton_gpu_float32_matches_the_definition(impl, chunk_size, head_dim, block_dv):
+    q, k, v = gpu_qkv(2053, head_dim)  # 2053 = a prime: the last chunk is partial for every chunk size
+    out = impl.linear_attention_triton.triton_linear_attention_chunked(q, k, v, chunk_size=chunk_size,
+                                                                        block_dv=block_dv)
+    assert_close(out, causal_definition(q, k, v), dtype=torch.float32,
+                 what=f"triton float32, L = 2053, D = {head_dim}, chunk {chunk_size}, block_dv {block_dv}",
+                 hint=GPU_HINT)
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_triton_gpu_half_precision_within_eager_error(impl, dtype, head_dim):
+    # 12289 tokens whose values share an offset of 2 (as real value vectors do): S and z grow with L
+    # (|z| ~ L), far past float16's 65504 if they were kept in half precision. The yardstick is the
+    # exact answer rounded once to dtype, the strictest eager error there is.
+    q, k, v = gpu_qkv(12289, head_dim, heads=2, seed=41, dtype=dtype, scale=0.5, offset=2.0)
+    out = impl.linear_attention_triton.triton_linear_attention_chunked(q, k, v)
+    assert out.dtype == dtype, f"{dtype} in, {out.dtype} out (the output keeps the input dtype)"
+    expected = causal_definition(q, k, v)
+    assert_within_eager_error(out, expected, expected.to(dtype), what=f"triton {dtype}, L = 12289, D = {head_dim}",
+                              hint=HALF_HINT)
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_triton_gpu_gradients_match_autograd_of_the_definition(impl, head_dim):
+    triton_gradients_vs_autograd(impl, 1029, head_dim, 64, "cuda", seed=50)

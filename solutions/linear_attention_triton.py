@@ -1,0 +1,419 @@
+"""L13 part 2 — causal linear attention in Triton: the chunked form, one pass over the sequence.
+
+linear_attention_chunked (solutions/linear_attention.py) walks the chunks in a
+Python loop and launches a handful of kernels per chunk: at L = 128k and C = 64
+that is 2048 iterations of ~10 launches, and every intermediate (the (C, C)
+block, phi(q) S, the new state) goes through HBM. This kernel does the same
+walk inside ONE program per (batch, head, block of value columns):
+
+    for each chunk c of C = BLOCK_C tokens, in order:
+        A      = tril(phi(Q_c) phi(K_c)^T)                  (C, C)   the quadratic part, causal
+        out_c  = [A V_c + phi(Q_c) S] / [A 1 + phi(Q_c) z + eps]      (C, BLOCK_DV)
+        S     += phi(K_c)^T V_c                             (D, BLOCK_DV)
+        z     += phi(K_c)^T 1                               (D,)
+
+The state (S, z) lives in float32 registers for the whole walk: it is read
+from and written to HBM never. With one value block per head, Q, K, V are read
+once and out written once: 4 * L * D * 2 bytes per head in bf16, the least any
+implementation can move (each further value block reads Q and K again).
+
+Why the chunk size is the BLOCK (the tradeoff the lesson measures):
+- Per chunk the intra-chunk part costs C*C*(D + Dv) multiply-adds (A, then A V)
+  and the state part 2*C*D*Dv (phi(Q) S and the update). Per token: C*(D + Dv)
+  + 2*D*Dv. A larger C makes the quadratic part grow linearly in C.
+- A smaller C means more chunks, and the chunks are a sequential chain (chunk
+  c needs the state after c - 1): L / C dependent steps, each with its own
+  load latency. C = 1 would be the recurrence, token by token.
+- tl.dot needs every dimension >= 16, and (C, C) float32 A sits in registers
+  next to S: C = 64 keeps both small enough for one program of 4 warps (the
+  default, reasoned, not yet measured: `--sweep` of the benchmark times 32..128).
+
+Parallelism: only B * H * ceil(Dv / BLOCK_DV) programs run, each walking the
+whole sequence. At B = 1, H = 16 that is 16 programs per Dv block on a GPU of
+132 SMs, so the launcher splits the value columns into blocks (the Dv axis of
+S and out is independent: each block needs the same phi(Q) phi(K)^T but its own
+columns of V), trading a recomputed A per block for more busy SMs
+(choose_block_dv). Production kernels (flash-linear-attention) go further and
+compute the chunk states in parallel, then scan them; this kernel keeps the one
+sequential walk of the lesson's PyTorch chunked form.
+
+Precision (the course's rule, solutions/linear_attention.py): phi, the sums,
+the state and the normaliser in float32, the output in the input dtype. The
+two intra-chunk products (A, A V) and the update phi(K)^T V take half-precision
+operands with a float32 accumulator, like FlashAttention's P V: that is what the
+tensor cores multiply at full rate. phi(Q) S keeps S in float32 (tf32 operands):
+S sums L outer products, and rounded to float16 it overflows at long L (a value
+offset of 1 makes |S| ~ L).
+
+Backward (advanced): TritonLinearAttentionFunction saves q, k, v, out and the
+denominators (B, H, L) float32, and runs two more scans, dq forward in time
+and dk, dv backward in time (the formulas above _backward_dq_kernel), one
+program per (batch, head) with all D columns.
+
+Limits: causal self-attention (Lq == Lk), elu + 1 feature map (inside the
+kernel), Dv == D (ValueError naming v), head_dim 1..256 (padded to a power of
+two >= 16), chunk_size a power of two in 16..128. Runs on CUDA in float16,
+bfloat16, float32 (float32 products in IEEE precision), and on CPU tensors
+under TRITON_INTERPRET=1 at small shapes (the CPU-only CI). Tested under the
+interpreter (Triton 3.9: forward, backward, every test of the L13 suites). On an
+H200 (Triton 3.6, torch 2.11) only the forward's smoke check has run so far:
+float32 and bfloat16 at L = 70, D = 16 and 64, chunk 16 and 64, max error
+against the float32 PyTorch chunked form 2.4e-7 (float32) and 4.2e-3
+(bfloat16, inputs rounded to bfloat16). The gpu-marked tests, the backward on
+a GPU and the launch configuration below are not measured yet.
+"""
+import functools
+import numbers
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ._checks import check_qkv, check_tensor, check_triton_device, contiguous_last
+
+# Triton reads TRITON_INTERPRET when it decorates a kernel (at import): read it once here too.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+CHUNK_SIZES = (16, 32, 64, 128)  # powers of two (tl.arange), >= 16 (tl.dot), <= 128 (A and S in registers)
+MAX_HEAD_DIM = 256
+
+
+@triton.jit
+def _elu_plus_one(x):
+    """phi(x) = elu(x) + 1 = x + 1 for x > 0, exp(x) below: positive everywhere. x float32."""
+    return tl.where(x > 0, x + 1.0, tl.exp(tl.minimum(x, 0.0)))  # min: exp of a large x is never formed (inf)
+
+
+@triton.jit
+def _chunked_kernel(Q, K, V, Out, DEN,
+                    stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+                    stride_vb, stride_vh, stride_vl, H, L, eps,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                    BLOCK_C: tl.constexpr, STORE_DEN: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Causal linear attention of one (batch, head), value columns [dv0, dv0 + BLOCK_DV).
+
+    q, k, v (B, H, L, D) with unit stride on D; out (B, H, L, D) contiguous.
+    Program (bh, j): batch bh // H, head bh % H, value columns j * BLOCK_DV ...
+    STORE_DEN: also write the denominators phi(q_i)·z_i + eps, float32 (B, H, L), for the
+    backward (program j = 0 only: every value block computes the same ones)."""
+    off_bh = tl.program_id(0)
+    off_b = off_bh // H
+    off_h = off_bh % H
+    offs_c = tl.arange(0, BLOCK_C)                               # token index inside a chunk
+    offs_d = tl.arange(0, BLOCK_D)                               # feature index of q, k (and rows of S)
+    offs_dv = tl.program_id(1) * BLOCK_DV + tl.arange(0, BLOCK_DV)  # this program's value columns
+    d_ok = offs_d < HEAD_DIM                                     # padding when D is not a power of 2
+    dv_ok = offs_dv < HEAD_DIM                                   # Dv == D
+    q_base = Q + off_b.to(tl.int64) * stride_qb + off_h.to(tl.int64) * stride_qh
+    k_base = K + off_b.to(tl.int64) * stride_kb + off_h.to(tl.int64) * stride_kh
+    v_base = V + off_b.to(tl.int64) * stride_vb + off_h.to(tl.int64) * stride_vh
+    o_base = Out + off_bh.to(tl.int64) * L * HEAD_DIM           # out is contiguous (B, H, L, D)
+    ### BEGIN SOLUTION
+    dot_dtype = V.dtype.element_ty                               # half operands for the tensor cores (fp32: fp32)
+    # within a chunk, query i sees key j <= i: the same local index, both in this chunk.
+    # The diagonal is included: a query sees its own key.
+    causal = offs_c[:, None] >= offs_c[None, :]                  # (BLOCK_C, BLOCK_C)
+
+    # -- the state, float32, in registers for the whole walk: never written to HBM --
+    S = tl.zeros([BLOCK_D, BLOCK_DV], dtype=tl.float32)          # sum_j phi(k_j) v_j^T over earlier chunks
+    z = tl.zeros([BLOCK_D], dtype=tl.float32)                    # sum_j phi(k_j) over earlier chunks
+
+    for start in tl.range(0, L, BLOCK_C):                        # in order: chunk c needs the state of 0..c-1
+        offs_l = start + offs_c                                  # (BLOCK_C,) positions of this chunk
+        l_ok = offs_l < L                                        # the last chunk may be shorter
+        row_ok = l_ok[:, None] & d_ok[None, :]                   # (BLOCK_C, BLOCK_D)
+        # -- load Q_c, K_c (BLOCK_C, BLOCK_D) and V_c (BLOCK_C, BLOCK_DV): the only HBM reads --
+        q = tl.load(q_base + offs_l[:, None].to(tl.int64) * stride_ql + offs_d[None, :], mask=row_ok, other=0.0)
+        k = tl.load(k_base + offs_l[:, None].to(tl.int64) * stride_kl + offs_d[None, :], mask=row_ok, other=0.0)
+        v = tl.load(v_base + offs_l[:, None].to(tl.int64) * stride_vl + offs_dv[None, :],
+                    mask=l_ok[:, None] & dv_ok[None, :], other=0.0)
+        # -- feature map in float32; padding is set to 0, NOT phi(0) = 1, which would add a fake feature
+        #    to every score (padded D columns) and fake keys to the state (padded rows of the last chunk) --
+        phi_q = tl.where(row_ok, _elu_plus_one(q.to(tl.float32)), 0.0)
+        phi_k = tl.where(row_ok, _elu_plus_one(k.to(tl.float32)), 0.0)
+
+        phi_k_dot = phi_k.to(dot_dtype)                         # the operand S is built from (z sums the same)
+
+        # -- intra-chunk, quadratic: A = tril(phi(Q_c) phi(K_c)^T): (C, D) @ (D, C) -> (C, C) --
+        a = tl.dot(phi_q.to(dot_dtype), tl.trans(phi_k_dot), input_precision=DOT_PRECISION)
+        a = tl.where(causal, a, 0.0).to(dot_dtype)               # a hidden key weighs 0 in BOTH sums (not -inf)
+        # numerator: A V_c (C, C) @ (C, BLOCK_DV)  +  phi(Q_c) S (C, D) @ (D, BLOCK_DV), float32 accumulator
+        num = tl.dot(a, v, input_precision=DOT_PRECISION)
+        num = tl.dot(phi_q, S, num, input_precision=DOT_PRECISION)  # S stays float32: tf32 operands, no overflow
+        # denominator: A 1 + phi(Q_c)·z + eps, in float32 (row sums, not a matmul: one column would waste a dot).
+        # The row sums add the SAME rounded A the numerator multiplies: numerator and denominator then weigh
+        # each key alike and the output stays a convex mix of values (rounding moves the weights, not the scale)
+        den = tl.sum(a.to(tl.float32), 1) + tl.sum(phi_q * z[None, :], 1) + eps    # (BLOCK_C,)
+        out = num / den[:, None]
+        if STORE_DEN:
+            if tl.program_id(1) == 0:
+                tl.store(DEN + off_bh.to(tl.int64) * L + offs_l, den, mask=l_ok)
+        tl.store(o_base + offs_l[:, None].to(tl.int64) * HEAD_DIM + offs_dv[None, :],
+                 out.to(Out.dtype.element_ty), mask=l_ok[:, None] & dv_ok[None, :])
+
+        # -- inter-chunk: fold this chunk into the state, AFTER its output (else it would be counted twice) --
+        S = tl.dot(tl.trans(phi_k_dot), v, S, input_precision=DOT_PRECISION)  # (D, C) @ (C, BLOCK_DV)
+        z += tl.sum(phi_k_dot.to(tl.float32), 0)                 # (BLOCK_D,) the same rounded features as S
+    ### END SOLUTION
+
+
+# ---------------------------------------------------------------------------
+# Launch configuration.
+#   BLOCK_C   the chunk: chunk_size itself (see the module docstring for the tradeoff).
+#   BLOCK_DV  value columns per program: choose_block_dv.
+#   num_warps 4: a (64, 64) float32 A and a (64, 64) float32 S are 32 registers per
+#             thread each at 128 threads; with the tiles of q, k, v that fits in 255.
+#   num_stages 2: the next chunk's Q, K, V load while this one multiplies (they do
+#             not depend on the state, so tl.range can pipeline them).
+# The interpreter runs one warp and one stage (nothing to pipeline in Python).
+# These are reasoned defaults, not measured ones: `benchmarks/linear_attention_gpu.py --sweep`
+# times chunk size x value block x warps on a GPU (not run yet).
+# ---------------------------------------------------------------------------
+GPU_CONFIG = dict(num_warps=4, num_stages=2)
+BACKWARD_GPU_CONFIG = dict(num_warps=8, num_stages=1)  # (D, D) float32 R or S plus (C, C) blocks: more threads
+INTERPRETER_CONFIG = dict(num_warps=1, num_stages=1)
+MIN_BLOCK = 16  # the smallest tl.dot dimension
+
+
+# ---------------------------------------------------------------------------
+# Backward (advanced). With num_i = phi(q_i)^T S_i, den_i = phi(q_i)·z_i + eps and
+# out_i = num_i / den_i, the incoming dO gives
+#     dnum_i = dO_i / den_i                 (Dv,)   dden_i = -(dO_i · out_i) / den_i    (scalar)
+#     g_ij   = v_j · dnum_i + dden_i        for j <= i: what key j's weight phi(q_i)·phi(k_j) is worth
+#     dphi(q_i) = sum_{j<=i} g_ij phi(k_j)  = S_i dnum_i + z_i dden_i      a scan forward, like the forward
+#     dphi(k_j) = sum_{i>=j} g_ij phi(q_i)  = R_j v_j + r_j                a scan BACKWARD over
+#     dv_j      = sum_{i>=j} (phi(q_i)·phi(k_j)) dnum_i = R_j^T phi(k_j)   R_j = sum_{i>=j} phi(q_i) dnum_i^T,
+#                                                                          r_j = sum_{i>=j} phi(q_i) dden_i
+# and dq = dphi(q) * phi'(q) with phi'(x) = 1 for x > 0, exp(x) below (the same for k).
+# Two kernels, one per direction, one program per (batch, head) with all D columns: dphi(q)
+# sums over every value column, so the columns cannot be split without a reduction.
+# Everything in float32 (tf32 products for half inputs); gradients stored in the input dtype.
+# ---------------------------------------------------------------------------
+@triton.jit
+def _elu_plus_one_grad(x):
+    """d phi / dx = 1 for x > 0, exp(x) below. x float32."""
+    return tl.where(x > 0, 1.0, tl.exp(tl.minimum(x, 0.0)))
+
+
+@triton.jit
+def _load_chunk(base, offs_l, stride_l, offs_d, row_ok):
+    return tl.load(base + offs_l[:, None].to(tl.int64) * stride_l + offs_d[None, :], mask=row_ok, other=0.0)
+
+
+@triton.jit
+def _backward_dq_kernel(Q, K, V, Out, DO, DEN, DQ,
+                        stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+                        stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol, H, L,
+                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+                        DOT_PRECISION: tl.constexpr):
+    """dq of one (batch, head): chunks in order, carrying (S, z) as the forward does.
+    out and dO (B, H, L, D) through their strides; den float32 (B, H, L); dq contiguous."""
+    off_bh = tl.program_id(0)
+    off_b = off_bh // H
+    off_h = off_bh % H
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    b64, h64 = off_b.to(tl.int64), off_h.to(tl.int64)
+    ### BEGIN SOLUTION
+    causal = offs_c[:, None] >= offs_c[None, :]
+    S = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)          # sum_{j<=i} phi(k_j) v_j^T, earlier chunks
+    z = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for start in tl.range(0, L, BLOCK_C):
+        offs_l = start + offs_c
+        l_ok = offs_l < L
+        row_ok = l_ok[:, None] & d_ok[None, :]
+        q = _load_chunk(Q + b64 * stride_qb + h64 * stride_qh, offs_l, stride_ql, offs_d, row_ok).to(tl.float32)
+        k = _load_chunk(K + b64 * stride_kb + h64 * stride_kh, offs_l, stride_kl, offs_d, row_ok).to(tl.float32)
+        v = _load_chunk(V + b64 * stride_vb + h64 * stride_vh, offs_l, stride_vl, offs_d, row_ok).to(tl.float32)
+        o = _load_chunk(Out + off_bh.to(tl.int64) * L * HEAD_DIM, offs_l, HEAD_DIM, offs_d, row_ok).to(tl.float32)
+        do = _load_chunk(DO + b64 * stride_ob + h64 * stride_oh, offs_l, stride_ol, offs_d, row_ok).to(tl.float32)
+        den = tl.load(DEN + off_bh.to(tl.int64) * L + offs_l, mask=l_ok, other=1.0)   # 1: no 0/0 on padding
+        phi_q = tl.where(row_ok, _elu_plus_one(q), 0.0)
+        phi_k = tl.where(row_ok, _elu_plus_one(k), 0.0)
+        dnum = do / den[:, None]                                 # (C, Dv)
+        dden = -tl.sum(do * o, 1) / den                          # (C,)
+        # g_ij = v_j·dnum_i + dden_i inside the chunk, j <= i: (C, Dv) @ (Dv, C) -> (C, C)
+        g = tl.dot(dnum, tl.trans(v), input_precision=DOT_PRECISION) + dden[:, None]
+        g = tl.where(causal, g, 0.0)
+        # dphi(q) = g phi(K_c) + dnum S^T + dden z^T: this chunk's keys, then every earlier one
+        dphi_q = tl.dot(g, phi_k, input_precision=DOT_PRECISION)
+        dphi_q = tl.dot(dnum, tl.trans(S), dphi_q, input_precision=DOT_PRECISION) + dden[:, None] * z[None, :]
+        dq = dphi_q * _elu_plus_one_grad(q)
+        tl.store(DQ + off_bh.to(tl.int64) * L * HEAD_DIM + offs_l[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :],
+                 dq.to(DQ.dtype.element_ty), mask=row_ok)
+        S = tl.dot(tl.trans(phi_k), v, S, input_precision=DOT_PRECISION)
+        z += tl.sum(phi_k, 0)
+    ### END SOLUTION
+
+
+@triton.jit
+def _backward_dkdv_kernel(Q, K, V, Out, DO, DEN, DK, DV,
+                          stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+                          stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol, H, L,
+                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+                          DOT_PRECISION: tl.constexpr):
+    """dk and dv of one (batch, head): chunks from the LAST to the first, carrying
+    R = sum_{i>=j} phi(q_i) dnum_i^T (D, Dv) and r = sum_{i>=j} phi(q_i) dden_i (D,)."""
+    off_bh = tl.program_id(0)
+    off_b = off_bh // H
+    off_h = off_bh % H
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    b64, h64 = off_b.to(tl.int64), off_h.to(tl.int64)
+    ### BEGIN SOLUTION
+    causal = offs_c[:, None] >= offs_c[None, :]                  # rows: queries i, columns: keys j
+    R = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)          # later chunks' sum_i phi(q_i) dnum_i^T
+    r = tl.zeros([BLOCK_D], dtype=tl.float32)                   # later chunks' sum_i phi(q_i) dden_i
+    num_chunks = tl.cdiv(L, BLOCK_C)
+    for step in tl.range(0, num_chunks):
+        offs_l = (num_chunks - 1 - step) * BLOCK_C + offs_c      # the last chunk first
+        l_ok = offs_l < L
+        row_ok = l_ok[:, None] & d_ok[None, :]
+        q = _load_chunk(Q + b64 * stride_qb + h64 * stride_qh, offs_l, stride_ql, offs_d, row_ok).to(tl.float32)
+        k = _load_chunk(K + b64 * stride_kb + h64 * stride_kh, offs_l, stride_kl, offs_d, row_ok).to(tl.float32)
+        v = _load_chunk(V + b64 * stride_vb + h64 * stride_vh, offs_l, stride_vl, offs_d, row_ok).to(tl.float32)
+        o = _load_chunk(Out + off_bh.to(tl.int64) * L * HEAD_DIM, offs_l, HEAD_DIM, offs_d, row_ok).to(tl.float32)
+        do = _load_chunk(DO + b64 * stride_ob + h64 * stride_oh, offs_l, stride_ol, offs_d, row_ok).to(tl.float32)
+        den = tl.load(DEN + off_bh.to(tl.int64) * L + offs_l, mask=l_ok, other=1.0)
+        phi_q = tl.where(row_ok, _elu_plus_one(q), 0.0)
+        phi_k = tl.where(row_ok, _elu_plus_one(k), 0.0)
+        dnum = do / den[:, None]
+        dden = -tl.sum(do * o, 1) / den
+        # A_ij = phi(q_i)·phi(k_j) and g_ij = v_j·dnum_i + dden_i, both kept for i >= j: (C, C)
+        a = tl.where(causal, tl.dot(phi_q, tl.trans(phi_k), input_precision=DOT_PRECISION), 0.0)
+        g = tl.where(causal, tl.dot(dnum, tl.trans(v), input_precision=DOT_PRECISION) + dden[:, None], 0.0)
+        # dv = A^T dnum + phi(K_c) R: (C, C) @ (C, Dv) plus (C, D) @ (D, Dv)
+        dv = tl.dot(tl.trans(a), dnum, input_precision=DOT_PRECISION)
+        dv = tl.dot(phi_k, R, dv, input_precision=DOT_PRECISION)
+        # dphi(k) = g^T phi(Q_c) + V_c R^T + r: (C, C) @ (C, D) plus (C, Dv) @ (Dv, D)
+        dphi_k = tl.dot(tl.trans(g), phi_q, input_precision=DOT_PRECISION)
+        dphi_k = tl.dot(v, tl.trans(R), dphi_k, input_precision=DOT_PRECISION) + r[None, :]
+        dk = dphi_k * _elu_plus_one_grad(k)
+        row = off_bh.to(tl.int64) * L * HEAD_DIM + offs_l[:, None].to(tl.int64) * HEAD_DIM + offs_d[None, :]
+        tl.store(DK + row, dk.to(DK.dtype.element_ty), mask=row_ok)
+        tl.store(DV + row, dv.to(DV.dtype.element_ty), mask=row_ok)
+        # fold this chunk's queries in, AFTER its keys used the later chunks only
+        R = tl.dot(tl.trans(phi_q), dnum, R, input_precision=DOT_PRECISION)
+        r += tl.sum(phi_q * dden[:, None], 0)
+    ### END SOLUTION
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index):
+    """Streaming multiprocessors of a CUDA device. Read on first use, never at import."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def choose_block_dv(batch_heads, head_dim, num_sms):
+    """Value columns per program: all of them (one A per head) when B * H alone fills
+    the GPU; otherwise halve the block (down to 16) until there are >= num_sms programs.
+
+    Each extra block recomputes A = phi(Q_c) phi(K_c)^T (C*C*D per chunk) but does only
+    its share of A V, phi(Q) S and the update, and runs on its own SM: at B * H = 16 on
+    132 SMs, splitting D = 64 into four blocks of 16 runs 64 programs instead of 16."""
+    block = max(MIN_BLOCK, triton.next_power_of_2(head_dim))
+    while block > MIN_BLOCK and batch_heads * triton.cdiv(head_dim, block) < num_sms:
+        block //= 2
+    return block
+
+
+def _check_inputs(q, k, v, chunk_size, eps, block_dv):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, x, dtypes=(torch.float16, torch.bfloat16, torch.float32))
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (B, H, L, D), got shape {tuple(x.shape)}")
+    check_qkv(q, k, v)
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"causal self-attention: q and k need the same length, got q {tuple(q.shape)} "
+                         f"and k {tuple(k.shape)}")
+    if v.shape[-1] != q.shape[-1]:
+        raise ValueError(f"v has head_dim {v.shape[-1]} but q has {q.shape[-1]}: this kernel needs Dv == D")
+    if not 1 <= q.shape[-1] <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be in 1..{MAX_HEAD_DIM} for this kernel, got {q.shape[-1]}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+        raise TypeError(f"chunk_size must be an int, got {type(chunk_size).__name__}")
+    if chunk_size not in CHUNK_SIZES:
+        raise ValueError(f"chunk_size must be one of {CHUNK_SIZES} for this kernel (a power of two: it is the "
+                         f"tile of tl.arange and tl.dot), got {chunk_size}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
+        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
+    if block_dv is not None and (isinstance(block_dv, bool) or not isinstance(block_dv, numbers.Integral)
+                                 or block_dv < MIN_BLOCK or block_dv & (block_dv - 1)):
+        raise ValueError(f"block_dv must be None or a power of two >= {MIN_BLOCK}, got {block_dv!r}")
+    check_triton_device(q, INTERPRETED)
+
+
+def _forward(q, k, v, chunk_size, eps, block_dv, store_den):
+    """Launch the forward kernel on checked, D-unit-stride inputs: out (B, H, L, D) and, when
+    store_den, den (B, H, L) float32 for the backward (else None)."""
+    B, H, L, D = q.shape
+    out = torch.empty((B, H, L, D), device=q.device, dtype=q.dtype)  # contiguous; every element is written
+    den = torch.empty((B, H, L), device=q.device, dtype=torch.float32) if store_den else None
+    if out.numel() == 0:
+        return out, den
+    block_d = max(MIN_BLOCK, triton.next_power_of_2(D))
+    if block_dv is None:
+        block_dv = (block_d if q.device.type == "cpu"                 # the interpreter: fewest programs
+                    else choose_block_dv(B * H, D, _sm_count(q.device.index or 0)))
+    block_dv = min(block_dv, block_d)
+    grid = (B * H, triton.cdiv(D, block_dv))
+    _chunked_kernel[grid](
+        q, k, v, out, den if store_den else out, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], H, L,
+        float(eps), HEAD_DIM=D, BLOCK_D=block_d, BLOCK_DV=block_dv, BLOCK_C=chunk_size, STORE_DEN=store_den,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        **(INTERPRETER_CONFIG if INTERPRETED else GPU_CONFIG))
+    return out, den
+
+
+def _backward(q, k, v, out, den, grad_out, chunk_size):
+    """dq, dk, dv (each (B, H, L, D) in q's dtype) from the saved forward and dO."""
+    grad_out = contiguous_last(grad_out)
+    B, H, L, D = q.shape
+    dq, dk, dv = (torch.empty((B, H, L, D), device=q.device, dtype=q.dtype) for _ in range(3))
+    if dq.numel() == 0:
+        return dq, dk, dv
+    common = dict(HEAD_DIM=D, BLOCK_D=max(MIN_BLOCK, triton.next_power_of_2(D)), BLOCK_C=chunk_size,
+                  DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+                  **(INTERPRETER_CONFIG if INTERPRETED else BACKWARD_GPU_CONFIG))
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3], H, L)
+    _backward_dq_kernel[(B * H,)](q, k, v, out, grad_out, den, dq, *strides, **common)
+    _backward_dkdv_kernel[(B * H,)](q, k, v, out, grad_out, den, dk, dv, *strides, **common)
+    return dq, dk, dv
+
+
+class TritonLinearAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper: forward saves q, k, v, out and the denominators (B, H, L) float32
+    (O(L) extra, no (C, C) block, no state); backward runs the two scans."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, chunk_size, eps, block_dv):
+        out, den = _forward(q, k, v, chunk_size, eps, block_dv, store_den=True)
+        ctx.save_for_backward(q, k, v, out, den)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, den = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, out, den, grad_out, ctx.chunk_size)
+        return dq, dk, dv, None, None, None
+
+
+def triton_linear_attention_chunked(q, k, v, chunk_size=64, eps=1e-6, *, block_dv=None):
+    """Causal linear attention with phi = elu + 1, chunked, one Triton program per (batch, head, Dv block).
+
+    q, k, v (B, H, L, D) -> out (B, H, L, D) in q's dtype, equal to
+    linear_attention(q, k, v, causal=True, eps=eps) and to linear_attention_chunked:
+        out_i = phi(q_i)^T S_i / (phi(q_i)·z_i + eps),  S_i = sum_{j<=i} phi(k_j) v_j^T,  z_i = sum_{j<=i} phi(k_j).
+    chunk_size: the kernel's BLOCK_C, one of 16, 32, 64, 128. block_dv: value columns
+    per program (None: choose_block_dv; an explicit power of two >= 16 forces it).
+    Differentiable: when autograd records (an input requires grad), the backward kernels run.
+    """
+    _check_inputs(q, k, v, chunk_size, eps, block_dv)
+    q, k, v = contiguous_last(q), contiguous_last(k), contiguous_last(v)  # D must be unit-stride
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return TritonLinearAttentionFunction.apply(q, k, v, chunk_size, eps, block_dv)
+    return _forward(q, k, v, chunk_size, eps, block_dv, store_den=False)[0]
