@@ -1,0 +1,285 @@
+"""L05 appendix benchmark: the Hopper fast path against L05's kernel and SDPA's fused kernels (GPU).
+
+    python benchmarks/flash_attention_hopper_gpu.py --impl solutions --out benchmarks/results
+    python benchmarks/flash_attention_hopper_gpu.py --impl solutions --ablation --out benchmarks/results
+    python benchmarks/flash_attention_hopper_gpu.py --impl solutions --sweep --budget 60
+
+Methods, timed in the same run on the same inputs, interleaved (coursekit.bench.time_interleaved,
+--repeats timings each; the CSV keeps the median and the spread):
+
+    l05       impl.flash_attention_triton.triton_flash_attention (the teaching kernel)
+    hopper    tutorial/L05_flash_attention/hopper: hopper_flash_attention with every step
+    fa2       F.scaled_dot_product_attention pinned to SDPBackend.FLASH_ATTENTION
+    cudnn     F.scaled_dot_product_attention pinned to SDPBackend.CUDNN_ATTENTION (the target's yardstick)
+
+--ablation replaces `hopper` by the ladder of ABLATION: the appendix's kernel with its steps
+switched on one at a time (the last rung is the fast path), so the gain of each step is the
+ratio of two neighbouring rows. --sweep times a few tile configurations per kernel, head dim and
+causal flag (float16, L = 8k) and prints the table to paste into TILES; a configuration that
+fails to compile is printed and skipped.
+
+FLOPs: forward 4 * B * H * L^2 * D (halved when causal); forward + backward 3.5 x that (the
+backward's five matmuls are 2.5 x the forward's two). Shapes: B = 4, H = 2048 / D (a 2048-wide
+model), L = 4k, 8k, 16k.
+
+Targets on an H200 (issue 18), on medians: forward >= 1.0x cudnn, forward + backward >= 0.9x.
+"""
+import argparse
+import math
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import _path  # noqa: F401  (before coursekit: the course folder on sys.path)
+from coursekit.bench import CsvLog, add_common_args, device_name, gpu_time, print_table, read_csv, spread, \
+    time_interleaved
+from tutorial.L05_flash_attention.hopper import flash_attention_hopper as fah
+
+WIDTH = 2048
+CSV_NAME = "flash_attention_hopper_gpu.csv"
+TARGETS = {"fwd": 1.0, "fwd+bwd": 0.9}
+
+# The ablation ladder: each rung adds one step to the one before. "plain" is the appendix kernel
+# with every step off and L05's tile table, i.e. roughly what the teaching kernel does without its
+# tricks; the tile table is a step of its own ("tiles").
+OFF = fah.Steps(exp2=False, split_diagonal=False, tma=False, persistent=False, warp_specialize=False)
+ABLATION = [
+    ("plain", OFF, "l05"),
+    ("+exp2", fah.Steps(exp2=True, split_diagonal=False, tma=False, persistent=False, warp_specialize=False), "l05"),
+    ("+split_diag", fah.Steps(exp2=True, split_diagonal=True, tma=False, persistent=False, warp_specialize=False),
+     "l05"),
+    ("+tiles", fah.Steps(exp2=True, split_diagonal=True, tma=False, persistent=False, warp_specialize=False), None),
+    ("+tma", fah.Steps(exp2=True, split_diagonal=True, tma=True, persistent=False, warp_specialize=False), None),
+    ("+persistent", fah.Steps(exp2=True, split_diagonal=True, tma=True, persistent=True, warp_specialize=False), None),
+    ("+warp_spec", fah.Steps(exp2=True, split_diagonal=True, tma=True, persistent=True, warp_specialize=True), None),
+]
+# L05's tiles (solutions/flash_attention_triton.py GPU_TILES, H100 sweep), as the appendix's Tile rows.
+L05_TILES = {64: dict(fwd=fah.Tile(128, 64, 8, 3), dkdv=fah.Tile(32, 128, 4, 3), dq=fah.Tile(128, 64, 8, 3)),
+             128: dict(fwd=fah.Tile(64, 64, 4, 3), dkdv=fah.Tile(64, 128, 8, 3), dq=fah.Tile(128, 64, 8, 3))}
+
+SWEEP = {  # the first of each list is the current TILES entry's shape, the others its neighbours
+    "fwd": [fah.Tile(128, 128, 8, 2), fah.Tile(128, 128, 8, 3), fah.Tile(128, 64, 8, 3), fah.Tile(128, 64, 4, 3)],
+    "dkdv": [fah.Tile(64, 128, 8, 2), fah.Tile(64, 128, 8, 3), fah.Tile(32, 128, 4, 3)],
+    "dq": [fah.Tile(128, 64, 8, 2), fah.Tile(128, 64, 8, 3), fah.Tile(128, 128, 8, 2)],
+}
+
+
+def flops(batch, heads, seq_len, head_dim, causal, mode):
+    forward = 4 * batch * heads * seq_len * seq_len * head_dim / (2 if causal else 1)
+    return forward * (3.5 if mode == "fwd+bwd" else 1.0)
+
+
+def short(err):
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return " | ".join(lines[-3:])[:400] if lines else type(err).__name__
+
+
+def methods(impl, causal, head_dim, ablation, rungs=None):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def sdpa(backend):
+        def run(q, k, v):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return run
+
+    def hopper(steps, tiles):
+        return lambda q, k, v: fah.hopper_flash_attention(q, k, v, causal=causal, steps=steps, tiles=tiles)
+
+    calls = {"l05": lambda q, k, v: impl.flash_attention_triton.triton_flash_attention(q, k, v, causal=causal)}
+    if ablation:
+        for name, steps, tiles in ABLATION:
+            if rungs is None or name in rungs:
+                calls[name] = hopper(steps, L05_TILES[head_dim] if tiles == "l05" else None)
+    else:
+        calls["hopper"] = hopper(fah.FAST, None)
+    calls["fa2"] = sdpa(SDPBackend.FLASH_ATTENTION)
+    calls["cudnn"] = sdpa(SDPBackend.CUDNN_ATTENTION)
+    return calls
+
+
+def step_of(fn, q, k, v, mode):
+    if mode == "fwd":
+        def step():
+            with torch.no_grad():
+                fn(q, k, v)
+    else:
+        grad = torch.randn_like(q)
+
+        def step():
+            torch.autograd.grad(fn(q, k, v), (q, k, v), grad)
+    return step
+
+
+def run(args, impl, log, deadline):
+    """Measure every point; yield its rows (one per method and mode)."""
+    timer = lambda fn: gpu_time(fn, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms)  # noqa: E731
+    for dtype_name in args.dtypes:
+        dtype = getattr(torch, dtype_name)
+        for head_dim in args.head_dims:
+            for causal in args.causal:
+                for seq_len in args.seq_lens:
+                    if time.monotonic() > deadline:
+                        print(f"budget spent: skipped {dtype_name} D={head_dim} causal={causal} L={seq_len}")
+                        continue
+                    batch, heads = args.batch, WIDTH // head_dim
+                    gen = torch.Generator(device="cuda").manual_seed(0)
+                    q, k, v = (torch.randn(batch, heads, seq_len, head_dim, device="cuda", dtype=dtype,
+                                           generator=gen).requires_grad_() for _ in range(3))
+                    calls = methods(impl, causal, head_dim, args.ablation, args.rungs)
+                    with torch.no_grad():
+                        expected = calls["cudnn"](q, k, v).float()
+                    for mode in args.modes:
+                        steps, errs = {}, {}
+                        for name, fn in calls.items():
+                            try:
+                                with torch.no_grad():
+                                    errs[name] = (fn(q, k, v).float() - expected).abs().max().item()
+                                step = step_of(fn, q, k, v, mode)
+                                step()                     # compile outside the timed region
+                                torch.cuda.synchronize()
+                                steps[name] = step
+                            except Exception as e:  # a variant that does not compile must not stop the run
+                                print(f"  {name} {mode} D={head_dim} causal={causal} L={seq_len} dtype={dtype_name}: "
+                                      f"FAILED {type(e).__name__}: {short(e)}", flush=True)
+                                torch.cuda.empty_cache()
+                        times = time_interleaved(steps, repeats=args.repeats, timer=timer)
+                        medians = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+                        base = medians.get("cudnn")
+                        rows = []
+                        for name, t in times.items():
+                            f = flops(batch, heads, seq_len, head_dim, causal, mode)
+                            row = dict(device=device_name(), dtype=dtype_name, head_dim=head_dim, causal=causal,
+                                       seq_len=seq_len, batch=batch, heads=heads, mode=mode, method=name,
+                                       **spread(t, scale=1e3, prefix="ms", digits=4),
+                                       tflops=round(f / medians[name] / 1e12, 1),
+                                       tflops_min=round(f / max(t) / 1e12, 1), tflops_max=round(f / min(t) / 1e12, 1),
+                                       vs_cudnn=round(base / medians[name], 3) if base else "",
+                                       max_err=f"{errs.get(name, math.nan):.2e}")
+                            rows.append(row)
+                            print(f"{dtype_name:8s} D={head_dim:3d} causal={causal!s:5s} L={seq_len:5d} {mode:7s} "
+                                  f"{name:12s} {row['ms']:8.3f} ms [{row['ms_min']:.3f}..{row['ms_max']:.3f}] "
+                                  f"{row['tflops']:6.1f} TFLOP/s  x{row['vs_cudnn']} cudnn  err {row['max_err']}",
+                                  flush=True)
+                        log.write(rows)
+                        yield from rows
+                    del q, k, v
+                    torch.cuda.empty_cache()
+
+
+def sweep(args, deadline):
+    """Time every SWEEP candidate per (kernel, D, causal) at float16, L = 8k; print the winners."""
+    winners = {}
+    timer = lambda fn: gpu_time(fn, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms)  # noqa: E731
+    seq_len = args.sweep_len
+    for head_dim in args.head_dims:
+        batch, heads = args.batch, WIDTH // head_dim
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v, grad = (torch.randn(batch, heads, seq_len, head_dim, device="cuda", dtype=torch.float16,
+                                     generator=gen) for _ in range(4))
+        for causal in args.causal:
+            out, lse = fah._forward(q, k, v, causal, None, fah.FAST, None)
+            for kernel, candidates in SWEEP.items():
+                calls = {}
+                for tile in candidates:
+                    if time.monotonic() > deadline:
+                        print(f"  sweep budget spent: skipped {kernel} D={head_dim} causal={causal} {tile}")
+                        continue
+                    tiles = {kernel: tile}
+                    if kernel == "fwd":
+                        call = lambda tiles=tiles: fah._forward(q, k, v, causal, None, fah.FAST, tiles)  # noqa: E731
+                    else:
+                        call = lambda tiles=tiles: fah._backward(q, k, v, out, lse, grad, causal, None,  # noqa: E731
+                                                                 fah.FAST, tiles)
+                    try:
+                        call()
+                        torch.cuda.synchronize()
+                        calls[tile] = call
+                    except Exception as e:
+                        print(f"  sweep {kernel} D={head_dim} causal={causal} {tile}: FAILED {type(e).__name__}: "
+                              f"{short(e)}", flush=True)
+                if not calls:
+                    continue
+                times = time_interleaved(calls, repeats=max(1, args.repeats // 2), timer=timer)
+                for tile, t in times.items():
+                    print(f"  sweep {kernel:4s} D={head_dim:3d} causal={causal!s:5s} {tile}: "
+                          f"{sorted(t)[len(t) // 2] * 1e3:8.3f} ms", flush=True)
+                best = min(times, key=lambda tile: sorted(times[tile])[len(times[tile]) // 2])
+                winners[(kernel, head_dim, causal)] = best
+    print("TILES = {")
+    for key, tile in sorted(winners.items(), key=str):
+        print(f"    {key!r}: {tile!r},")
+    print("}")
+
+
+def report(rows):
+    by_point = {}
+    for r in rows:
+        key = (r["dtype"], int(r["head_dim"]), str(r["causal"]) == "True", int(r["seq_len"]), r["mode"])
+        by_point.setdefault(key, {})[r["method"]] = float(r["tflops"])
+    names = sorted({r["method"] for r in rows}, key=lambda n: [r["method"] for r in rows].index(n))
+    lines, misses, total = [], [], 0
+    for (dtype, d, causal, seq_len, mode), t in sorted(by_point.items()):
+        best = t.get("hopper", t.get("+persistent"))
+        ratio = best / t["cudnn"] if best and t.get("cudnn") else math.nan
+        verdict = ""
+        if not math.isnan(ratio):
+            total += 1
+            verdict = "ok" if ratio >= TARGETS[mode] else f"MISS (< {TARGETS[mode]})"
+            if ratio < TARGETS[mode]:
+                misses.append(ratio)
+        lines.append([dtype, d, causal, seq_len, mode, *[f"{t.get(n, math.nan):.0f}" for n in names],
+                      f"{ratio:.2f}", verdict])
+    print_table(["dtype", "D", "causal", "L", "mode", *names, "fast/cudnn", "target"], lines)
+    print(f"\ntargets (medians): fwd >= {TARGETS['fwd']}x cudnn, fwd+bwd >= {TARGETS['fwd+bwd']}x; "
+          f"{len(misses)} of {total} point(s) missed")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, csv_name=CSV_NAME)
+    parser.add_argument("--ablation", action="store_true", help="time the ladder of steps (ABLATION)")
+    parser.add_argument("--rungs", nargs="+", default=None, metavar="NAME",
+                        help="only these rungs of the ablation ladder (default: all): " + " ".join(n for n, _, _ in ABLATION))
+    parser.add_argument("--sweep", action="store_true", help="time the tile candidates (SWEEP) and stop")
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[4096, 8192, 16384])
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--causal", type=lambda s: s == "true", nargs="+", default=[False, True],
+                        help="true/false values to run")
+    parser.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"])
+    parser.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--sweep-len", type=int, default=8192)
+    parser.add_argument("--warmup-ms", type=float, default=10)
+    parser.add_argument("--rep-ms", type=float, default=40, help="time budget of one timing (do_bench's rep)")
+    parser.add_argument("--budget", type=float, default=math.inf, help="seconds: start no new point after this")
+    parser.add_argument("--csv-name", default=CSV_NAME)
+    args = parser.parse_args()
+
+    if args.plot:
+        report(read_csv(args.plot))
+        return
+    if not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA GPU")
+    import triton
+    print(f"{device_name()}  torch {torch.__version__}  triton {triton.__version__}", flush=True)
+    deadline = time.monotonic() + args.budget
+    if args.sweep:
+        try:
+            sweep(args, deadline)
+        except Exception:
+            traceback.print_exc()
+        return
+    from coursekit.impl import Implementation
+    impl = Implementation(args.impl)
+    out = args.out / args.csv_name if args.out else None
+    with CsvLog(out) as log:
+        rows = list(run(args, impl, log, deadline))
+    report(rows)
+
+
+if __name__ == "__main__":
+    main()
