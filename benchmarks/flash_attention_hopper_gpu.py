@@ -60,10 +60,10 @@ ABLATION = [
 L05_TILES = {64: dict(fwd=fah.Tile(128, 64, 8, 3), dkdv=fah.Tile(32, 128, 4, 3), dq=fah.Tile(128, 64, 8, 3)),
              128: dict(fwd=fah.Tile(64, 64, 4, 3), dkdv=fah.Tile(64, 128, 8, 3), dq=fah.Tile(128, 64, 8, 3))}
 
-SWEEP = {  # the first of each list is the current TILES entry's shape, the others its neighbours
-    "fwd": [fah.Tile(128, 128, 8, 2), fah.Tile(128, 128, 8, 3), fah.Tile(128, 64, 8, 3), fah.Tile(128, 64, 4, 3)],
-    "dkdv": [fah.Tile(64, 128, 8, 2), fah.Tile(64, 128, 8, 3), fah.Tile(32, 128, 4, 3)],
-    "dq": [fah.Tile(128, 64, 8, 2), fah.Tile(128, 64, 8, 3), fah.Tile(128, 128, 8, 2)],
+SWEEP = {  # the first of each list is TILES' choice for D = 128; all fit in shared memory at D = 128
+    "fwd": [fah.Tile(128, 128, 8, 2), fah.Tile(128, 64, 8, 3), fah.Tile(128, 64, 8, 4)],
+    "dkdv": [fah.Tile(32, 128, 8, 2), fah.Tile(64, 128, 8, 2), fah.Tile(32, 128, 8, 3), fah.Tile(16, 128, 8, 2)],
+    "dq": [fah.Tile(128, 64, 8, 2), fah.Tile(128, 64, 8, 3), fah.Tile(64, 64, 4, 3)],
 }
 
 

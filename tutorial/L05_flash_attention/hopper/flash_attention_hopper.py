@@ -13,10 +13,11 @@ time them one by one.
                     per score instead of a multiply, a second multiply and MUFU.EX2
     split_diagonal  causal: the key tiles wholly below the diagonal run a loop
                     with no mask at all; only the diagonal tiles are masked
-    tma             tiles move through tensor descriptors (tl.make_tensor_descriptor):
-                    Hopper's TMA copy engine fetches a whole (rows, D) tile into
-                    shared memory with one instruction, no address arithmetic in
-                    the warps, and the pipeliner overlaps it with the matmuls
+    tma             tiles move through tensor descriptors (triton.tools.tensor_descriptor,
+                    built on the host and passed as kernel parameters): Hopper's TMA
+                    copy engine fetches a whole (rows, D) tile into shared memory with
+                    one instruction, no address arithmetic in the warps, and the
+                    pipeliner overlaps it with the matmuls
     persistent      one program per multiprocessor, each looping over work items
                     (tile, batch*head); causal tiles are paired heavy + light
                     (tile t with tile n-1-t) so every item costs the same
@@ -50,6 +51,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * log2(e)); exp2 is one MUFU instruction
 LN2 = tl.constexpr(0.6931471805599453)    # ln(2): an lse in base 2 times ln(2) is the natural-log lse
@@ -87,10 +89,10 @@ FAST = Steps()
 # query tiles (BLOCK_N must be a multiple of BLOCK_M); dq: a query tile over key tiles (BLOCK_M a
 # multiple of BLOCK_N).
 TILES = {
-    ("fwd", 64, False): Tile(128, 128, 8, 3), ("fwd", 64, True): Tile(128, 128, 8, 3),
+    ("fwd", 64, False): Tile(128, 128, 8, 2), ("fwd", 64, True): Tile(128, 128, 8, 2),
     ("fwd", 128, False): Tile(128, 128, 8, 2), ("fwd", 128, True): Tile(128, 128, 8, 2),
     ("dkdv", 64, False): Tile(64, 128, 8, 2), ("dkdv", 64, True): Tile(64, 128, 8, 2),
-    ("dkdv", 128, False): Tile(64, 128, 8, 2), ("dkdv", 128, True): Tile(64, 128, 8, 2),
+    ("dkdv", 128, False): Tile(32, 128, 8, 2), ("dkdv", 128, True): Tile(32, 128, 8, 2),
     ("dq", 64, False): Tile(128, 64, 8, 2), ("dq", 64, True): Tile(128, 64, 8, 2),
     ("dq", 128, False): Tile(128, 64, 8, 2), ("dq", 128, True): Tile(128, 64, 8, 2),
 }
@@ -98,26 +100,17 @@ PREPROCESS_ROWS = 128
 
 
 # ---------------------------------------------------------------------------
-# Moving tiles: one (rows, D) tile of a (B*H*L, D) tensor, by TMA or by pointers
+# Moving tiles: one (rows, D) tile of a (B*H*L, D) tensor, by TMA or by pointers.
+# With TMA the kernels get tensor descriptors (built on the host, `_descriptor`)
+# where they otherwise get pointers: the same argument, specialised by type.
 # ---------------------------------------------------------------------------
 @triton.jit
-def _rows(ptr, n_rows, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr):
-    """A tensor descriptor over the (n_rows, HEAD_DIM) row-major tensor at ptr (TMA), else ptr itself.
-
-    The descriptor (shape, strides, tile shape) is what the TMA unit reads to copy a whole tile;
-    it is built once per program, outside every loop."""
-    if TMA:
-        return tl.make_tensor_descriptor(ptr, shape=[n_rows, HEAD_DIM], strides=[HEAD_DIM, 1],
-                                         block_shape=[BLOCK, HEAD_DIM])
-    else:
-        return ptr
-
-
-@triton.jit
 def _load(src, row, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr):
-    """Rows [row, row + BLOCK) of a (n_rows, HEAD_DIM) tensor: (BLOCK, HEAD_DIM)."""
+    """Rows [row, row + BLOCK) of a (n_rows, HEAD_DIM) tensor: (BLOCK, HEAD_DIM).
+
+    src: a tensor descriptor (TMA) whose tile is (BLOCK, HEAD_DIM), else a pointer to row 0."""
     if TMA:
-        return src.load([row, 0])              # one TMA copy into shared memory
+        return src.load([row, 0])              # one TMA copy into shared memory, no address math
     else:
         rows = row.to(tl.int64) + tl.arange(0, BLOCK)
         return tl.load(src + rows[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :])
@@ -233,11 +226,9 @@ def _fwd_kernel(Q, K, V, Out, LSE, H, GROUP, L, BH, qk_scale,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                 EXP2: tl.constexpr, SPLIT_DIAG: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr,
                 WARP_SPEC: tl.constexpr):
-    """Q, Out (B*H*L, D) rows; K, V (B*Hkv*L, D); LSE (B*H*L,) float32. BH = B * H."""
-    q_src = _rows(Q, BH * L, BLOCK_M, HEAD_DIM, TMA)
-    o_src = _rows(Out, BH * L, BLOCK_M, HEAD_DIM, TMA)
-    k_src = _rows(K, (BH // GROUP) * L, BLOCK_N, HEAD_DIM, TMA)
-    v_src = _rows(V, (BH // GROUP) * L, BLOCK_N, HEAD_DIM, TMA)
+    """Q, Out: (B*H*L, D) rows in BLOCK_M tiles; K, V: (B*Hkv*L, D) in BLOCK_N tiles (descriptors or
+    pointers, see `_load`); LSE (B*H*L,) float32. BH = B * H."""
+    q_src, k_src, v_src, o_src = Q, K, V, Out
     n_tiles = L // BLOCK_M
     if PERSISTENT:
         if CAUSAL:
@@ -350,13 +341,9 @@ def _dkdv_kernel(Q, K, V, dOut, dK, dV, LSE2, Delta, H, GROUP, L, BH, sm_scale, 
                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                  EXP2: tl.constexpr, SPLIT_DIAG: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr,
                  WARP_SPEC: tl.constexpr):
+    """Q, dOut in BLOCK_M-row tiles; K, V, dK, dV in BLOCK_N-row tiles (descriptors or pointers)."""
     BKV = BH // GROUP
-    q_src = _rows(Q, BH * L, BLOCK_M, HEAD_DIM, TMA)
-    do_src = _rows(dOut, BH * L, BLOCK_M, HEAD_DIM, TMA)
-    k_src = _rows(K, BKV * L, BLOCK_N, HEAD_DIM, TMA)
-    v_src = _rows(V, BKV * L, BLOCK_N, HEAD_DIM, TMA)
-    dk_src = _rows(dK, BKV * L, BLOCK_N, HEAD_DIM, TMA)
-    dv_src = _rows(dV, BKV * L, BLOCK_N, HEAD_DIM, TMA)
+    q_src, k_src, v_src, do_src, dk_src, dv_src = Q, K, V, dOut, dK, dV
     n_tiles = L // BLOCK_N
     if PERSISTENT:
         # key tile t sees n_tiles - t query tiles under causal: the same pairing balances it
@@ -435,11 +422,8 @@ def _dq_kernel(Q, K, V, dOut, dQ, LSE2, Delta, H, GROUP, L, BH, sm_scale, qk_sca
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                EXP2: tl.constexpr, SPLIT_DIAG: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr,
                WARP_SPEC: tl.constexpr):
-    q_src = _rows(Q, BH * L, BLOCK_M, HEAD_DIM, TMA)
-    do_src = _rows(dOut, BH * L, BLOCK_M, HEAD_DIM, TMA)
-    dq_src = _rows(dQ, BH * L, BLOCK_M, HEAD_DIM, TMA)
-    k_src = _rows(K, (BH // GROUP) * L, BLOCK_N, HEAD_DIM, TMA)
-    v_src = _rows(V, (BH // GROUP) * L, BLOCK_N, HEAD_DIM, TMA)
+    """Q, dOut, dQ in BLOCK_M-row tiles; K, V in BLOCK_N-row tiles (descriptors or pointers)."""
+    q_src, k_src, v_src, do_src, dq_src = Q, K, V, dOut, dQ
     n_tiles = L // BLOCK_M
     if PERSISTENT:
         if CAUSAL:
@@ -468,17 +452,24 @@ def _sm_count(device_index):
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _scratch(size, alignment, stream):
-    """Global memory for descriptors built on the device (tl.make_tensor_descriptor needs it)."""
-    return torch.empty(size, dtype=torch.int8, device="cuda")
+def _descriptor(x, rows):
+    """A TMA descriptor of x's (B*H*L, D) row view, in tiles of (rows, D): shape, strides and tile
+    shape, which the copy engine reads from the kernel's parameters (nothing built on the device)."""
+    x2 = x.view(-1, x.shape[-1])
+    return TensorDescriptor(x2, list(x2.shape), list(x2.stride()), [rows, x.shape[-1]])
 
 
-def _launch(kernel, name, q, n_tiles, n_heads, causal, steps, tiles, *args):
-    """kernel over n_tiles x n_heads tiles: a grid of one program per tile, or one per SM (persistent)."""
+def _launch(kernel, name, q, n_tiles, n_heads, causal, steps, tiles, tensors, *args):
+    """kernel over n_tiles x n_heads tiles: a grid of one program per tile, or one per SM (persistent).
+
+    tensors: (tensor, "m" or "n") for the kernel's leading tile arguments: its tile has BLOCK_M or
+    BLOCK_N rows; with TMA each is passed as a descriptor, else as the tensor (a pointer)."""
     D = q.shape[-1]
     tile = (tiles or {}).get(name) or TILES[(name, D, causal)]
-    if steps.tma and not INTERPRETED:
-        triton.set_allocator(_scratch)
+    if steps.tma:
+        tensors = [_descriptor(x, tile.block_m if role == "m" else tile.block_n) for x, role in tensors]
+    else:
+        tensors = [x for x, _ in tensors]
     n_tiles = n_tiles(tile)
     if steps.persistent:
         n_items = n_heads * ((n_tiles + 1) // 2 if causal else n_tiles)
@@ -486,7 +477,7 @@ def _launch(kernel, name, q, n_tiles, n_heads, causal, steps, tiles, *args):
         grid = (max(1, min(n_items, programs)),)
     else:
         grid = (n_tiles, n_heads)
-    kernel[grid](*args, HEAD_DIM=D, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, CAUSAL=causal,
+    kernel[grid](*tensors, *args, HEAD_DIM=D, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, CAUSAL=causal,
                  EXP2=steps.exp2, SPLIT_DIAG=steps.split_diagonal, TMA=steps.tma, PERSISTENT=steps.persistent,
                  WARP_SPEC=steps.warp_specialize, num_warps=tile.warps, num_stages=tile.stages)
 
@@ -504,7 +495,7 @@ def _forward(q, k, v, causal, scale, steps, tiles):
         return out, lse
     _, qk_scale = _scales(D, scale, steps)
     _launch(_fwd_kernel, "fwd", q, lambda t: L // t.block_m, B * H, causal, steps, tiles,
-            q, k, v, out, lse, H, H // k.shape[1], L, B * H, qk_scale)
+            [(q, "m"), (k, "n"), (v, "n"), (out, "m")], lse, H, H // k.shape[1], L, B * H, qk_scale)
     return out, lse
 
 
@@ -521,9 +512,11 @@ def _backward(q, k, v, out, lse, grad_out, causal, scale, steps, tiles):
         out, grad_out, lse, delta, lse2, B * H * L, HEAD_DIM=D, BLOCK=PREPROCESS_ROWS, EXP2=steps.exp2)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     _launch(_dkdv_kernel, "dkdv", q, lambda t: L // t.block_n, B * Hkv, causal, steps, tiles,
-            q, k, v, grad_out, dk, dv, lse2, delta, H, H // Hkv, L, B * H, sm_scale, qk_scale)
+            [(q, "m"), (k, "n"), (v, "n"), (grad_out, "m"), (dk, "n"), (dv, "n")],
+            lse2, delta, H, H // Hkv, L, B * H, sm_scale, qk_scale)
     _launch(_dq_kernel, "dq", q, lambda t: L // t.block_m, B * H, causal, steps, tiles,
-            q, k, v, grad_out, dq, lse2, delta, H, H // Hkv, L, B * H, sm_scale, qk_scale)
+            [(q, "m"), (k, "n"), (v, "n"), (grad_out, "m"), (dq, "m")],
+            lse2, delta, H, H // Hkv, L, B * H, sm_scale, qk_scale)
     return dq, dk, dv
 
 
