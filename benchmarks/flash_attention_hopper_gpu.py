@@ -114,6 +114,65 @@ def step_of(fn, q, k, v, mode):
     return step
 
 
+# --- Compiling ahead, in parallel -----------------------------------------------------------
+# Every rung is its own set of compiled kernels (about 2 s each on one core), and a point of the
+# ablation needs some 30 of them. Triton caches compiled kernels on disk, keyed by the source,
+# the constexprs and the arguments' specialisation (ints divisible by 16, pointers 16-byte
+# aligned, ints equal to 1): a tiny input with the same heads and the same divisibility compiles
+# exactly the kernels the timed run needs. --warm N worker processes do that first, in parallel.
+WARM_LEN = 256
+
+
+def _warm_point(impl_name, dtype_name, head_dim, causal, ablation, rungs, modes, only):
+    from coursekit.impl import Implementation
+    impl = Implementation(impl_name)
+    dtype = getattr(torch, dtype_name)
+    q, k, v = (torch.randn(1, WIDTH // head_dim, WARM_LEN, head_dim, device="cuda", dtype=dtype).requires_grad_()
+               for _ in range(3))
+    failed = []
+    for name, fn in methods(impl, causal, head_dim, ablation, rungs).items():
+        if name != only:
+            continue
+        for mode in modes:
+            try:
+                step_of(fn, q, k, v, mode)()
+            except Exception as e:
+                failed.append(f"{name} {mode}: {type(e).__name__}: {short(e)}")
+    torch.cuda.synchronize()
+    return failed
+
+
+def _warm_sweep(head_dim, causal, kernel, tile):
+    q, k, v, grad = (torch.randn(1, WIDTH // head_dim, WARM_LEN, head_dim, device="cuda", dtype=torch.float16)
+                     for _ in range(4))
+    try:
+        out, lse = fah._forward(q, k, v, causal, None, fah.FAST, {kernel: tile} if kernel == "fwd" else None)
+        if kernel != "fwd":
+            fah._backward(q, k, v, out, lse, grad, causal, None, fah.FAST, {kernel: tile})
+        torch.cuda.synchronize()
+        return []
+    except Exception as e:
+        return [f"sweep {kernel} {tile}: {type(e).__name__}: {short(e)}"]
+
+
+def warm(workers, tasks):
+    """Run tasks [(function, args)] in `workers` spawned processes; print what failed to compile."""
+    if workers < 1 or not tasks:
+        return
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    start = time.monotonic()
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, *a) for fn, a in tasks]
+        for f in cf.as_completed(futures):
+            try:
+                for line in f.result():
+                    print(f"  warm: {line}", flush=True)
+            except Exception as e:
+                print(f"  warm: worker failed: {type(e).__name__}: {short(e)}", flush=True)
+    print(f"warmed {len(tasks)} task(s) in {time.monotonic() - start:.0f} s on {workers} processes", flush=True)
+
+
 def run(args, impl, log, deadline):
     """Measure every point; yield its rows (one per method and mode)."""
     timer = lambda fn: gpu_time(fn, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms)  # noqa: E731
@@ -257,6 +316,8 @@ def main():
     parser.add_argument("--rep-ms", type=float, default=40, help="time budget of one timing (do_bench's rep)")
     parser.add_argument("--budget", type=float, default=math.inf, help="seconds: start no new point after this")
     parser.add_argument("--csv-name", default=CSV_NAME)
+    parser.add_argument("--warm", type=int, default=0, metavar="N",
+                        help="first compile every kernel in N parallel processes (fills Triton's cache)")
     args = parser.parse_args()
 
     if args.plot:
@@ -268,6 +329,8 @@ def main():
     print(f"{device_name()}  torch {torch.__version__}  triton {triton.__version__}", flush=True)
     deadline = time.monotonic() + args.budget
     if args.sweep:
+        warm(args.warm, [(_warm_sweep, (d, c, kernel, tile)) for d in args.head_dims for c in args.causal
+                         for kernel, tiles in SWEEP.items() for tile in tiles])
         try:
             sweep(args, deadline)
         except Exception:
@@ -275,6 +338,9 @@ def main():
         return
     from coursekit.impl import Implementation
     impl = Implementation(args.impl)
+    names = [n for n in methods(impl, False, 64, args.ablation, args.rungs) if n not in ("fa2", "cudnn")]
+    warm(args.warm, [(_warm_point, (impl.name, dt, d, c, args.ablation, args.rungs, args.modes, name))
+                     for dt in args.dtypes for d in args.head_dims for c in args.causal for name in names])
     out = args.out / args.csv_name if args.out else None
     with CsvLog(out) as log:
         rows = list(run(args, impl, log, deadline))
