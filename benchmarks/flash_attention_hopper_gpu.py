@@ -297,6 +297,43 @@ def report(rows):
           f"{len(misses)} of {total} point(s) missed")
 
 
+def markdown(rows):
+    """The README's tables from a CSV: TFLOP/s per method (rows) and point (columns), with each
+    rung's gain over the rung above, and the fast path's ratio to cuDNN."""
+    cols = sorted({(r["dtype"], int(r["head_dim"]), str(r["causal"]) == "True", int(r["seq_len"]), r["mode"])
+                   for r in rows}, key=lambda c: (c[0], c[4], -c[1], c[2], c[3]))
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["method"], (r["dtype"], int(r["head_dim"]), str(r["causal"]) == "True", int(r["seq_len"]),
+                           r["mode"])): r for r in rows}
+    head = [f"{m} D={d} {'causal' if c else 'full'} L={n // 1024}k {dt}" for dt, d, c, n, m in cols]
+    print("| method | " + " | ".join(head) + " |")
+    print("| --- |" + " --- |" * len(cols))
+    prev = None
+    for name in names:
+        out = []
+        for col in cols:
+            r = cell.get((name, col))
+            if r is None:
+                out.append("—")
+                continue
+            text = f"{float(r['tflops']):.0f}"
+            p = cell.get((prev, col)) if prev and name.startswith("+") else None
+            if p is not None:
+                text += f" ({float(r['tflops']) / float(p['tflops']):.2f}×)"
+            out.append(text)
+        print(f"| {name} | " + " | ".join(out) + " |")
+        prev = name
+    print("\n| point | fast / cuDNN (median) | spread of the fast path (TFLOP/s) |\n| --- | --- | --- |")
+    for col in cols:
+        fast = cell.get(("hopper", col)) or cell.get(("+persistent", col))
+        base = cell.get(("cudnn", col))
+        if fast and base:
+            dt, d, c, n, m = col
+            print(f"| {m} D={d} {'causal' if c else 'full'} L={n // 1024}k {dt} | "
+                  f"{float(fast['tflops']) / float(base['tflops']):.2f} | "
+                  f"{fast['tflops_min']}–{fast['tflops_max']} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, csv_name=CSV_NAME)
@@ -316,12 +353,16 @@ def main():
     parser.add_argument("--rep-ms", type=float, default=40, help="time budget of one timing (do_bench's rep)")
     parser.add_argument("--budget", type=float, default=math.inf, help="seconds: start no new point after this")
     parser.add_argument("--csv-name", default=CSV_NAME)
+    parser.add_argument("--markdown", action="store_true", help="with --plot: also print the README tables")
     parser.add_argument("--warm", type=int, default=0, metavar="N",
                         help="first compile every kernel in N parallel processes (fills Triton's cache)")
     args = parser.parse_args()
 
     if args.plot:
-        report(read_csv(args.plot))
+        rows = read_csv(args.plot)
+        report(rows)
+        print()
+        markdown(rows)
         return
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU")
