@@ -23,6 +23,9 @@ time them one by one.
                     (tile t with tile n-1-t) so every item costs the same
     warp_specialize tl.range(..., warp_specialize=True): Triton splits the loop into
                     a producer warp group (loads) and consumer warp groups (math)
+    atomic_dq       backward: the dK/dV kernel also computes each tile's dQ share (dS K)
+                    and adds it into a float32 dQ by TMA reductions, so QK^T and P are
+                    built once, not twice (5 matmuls instead of 7); no dQ kernel
 
 plus the tile table (`TILES`: BLOCK_M x BLOCK_N, warps, pipeline stages per
 kernel, head dim and causal flag), picked by the benchmark's --sweep on an H200.
@@ -72,6 +75,7 @@ class Steps:
     tma: bool = True
     persistent: bool = True
     warp_specialize: bool = False
+    atomic_dq: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,9 @@ TILES = {
     ("dkdv", 128, False): Tile(32, 128, 8, 2), ("dkdv", 128, True): Tile(32, 128, 8, 2),
     ("dq", 64, False): Tile(128, 64, 8, 2), ("dq", 64, True): Tile(128, 64, 8, 2),
     ("dq", 128, False): Tile(128, 64, 8, 2), ("dq", 128, True): Tile(128, 64, 8, 2),
+    # the dK/dV kernel when it also adds dQ (Steps.atomic_dq): one more accumulator-free matmul per step
+    ("dkdv_atomic", 64, False): Tile(64, 128, 8, 2), ("dkdv_atomic", 64, True): Tile(64, 128, 8, 2),
+    ("dkdv_atomic", 128, False): Tile(32, 128, 8, 2), ("dkdv_atomic", 128, True): Tile(32, 128, 8, 2),
 }
 PREPROCESS_ROWS = 128
 
@@ -123,6 +130,16 @@ def _store(dst, row, x, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.con
     else:
         rows = row.to(tl.int64) + tl.arange(0, BLOCK)
         tl.store(dst + rows[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :], x)
+
+
+@triton.jit
+def _atomic_add(dst, row, x, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr):
+    """rows [row, row + BLOCK) += x, atomically (other programs add to the same rows)."""
+    if TMA:
+        dst.atomic_add([row, 0], x)            # a TMA reduction: the copy engine adds in L2
+    else:
+        rows = row.to(tl.int64) + tl.arange(0, BLOCK)
+        tl.atomic_add(dst + rows[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :], x, sem="relaxed")
 
 
 @triton.jit
@@ -272,9 +289,10 @@ def _bwd_preprocess(Out, dOut, LSE, Delta, LSE2, n_rows,
 
 
 @triton.jit
-def _dkdv_loop(dk, dv, k, v, q_src, do_src, LSE2, Delta, q_row0, start_n, lo, hi, qk_scale,
+def _dkdv_loop(dk, dv, k, v, q_src, do_src, dq_src, LSE2, Delta, q_row0, start_n, lo, hi, qk_scale,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               MASKED: tl.constexpr, EXP2: tl.constexpr, TMA: tl.constexpr, WARP_SPEC: tl.constexpr):
+               MASKED: tl.constexpr, EXP2: tl.constexpr, TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
+               DQ_ATOMIC: tl.constexpr):
     """Add query tiles [lo, hi) of one query head (its rows start at q_row0) to this key tile's dK, dV."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     for start_m in tl.range(lo, hi, BLOCK_M, warp_specialize=WARP_SPEC):
@@ -296,15 +314,21 @@ def _dkdv_loop(dk, dv, k, v, q_src, do_src, LSE2, Delta, q_row0, start_n, lo, hi
         # -- dP^T = V dO^T: (BLOCK_N, D) @ (D, BLOCK_M); dS^T = P^T * (dP^T - delta) --
         dst = pt * (tl.dot(v, tl.trans(do)) - delta[None, :])
         # -- dK += dS^T Q: (BLOCK_N, BLOCK_M) @ (BLOCK_M, D); sm_scale once in the epilogue --
-        dk = tl.dot(dst.to(q.dtype), q, dk)
+        dst = dst.to(q.dtype)
+        dk = tl.dot(dst, q, dk)
+        if DQ_ATOMIC > 0:
+            # -- this key tile's share of dQ = dS K: (BLOCK_M, BLOCK_N) @ (BLOCK_N, D), added in float32
+            #    (sm_scale applied once on the host when every key tile has added its share) --
+            _atomic_add(dq_src, q_row0 + start_m, tl.dot(tl.trans(dst), k), BLOCK_M, HEAD_DIM, DQ_ATOMIC == 2)
     return dk, dv
 
 
 @triton.jit
-def _dkdv_tile(tile, bkv, q_src, k_src, v_src, do_src, dk_src, dv_src, LSE2, Delta, H, GROUP, L,
+def _dkdv_tile(tile, bkv, q_src, k_src, v_src, do_src, dk_src, dv_src, dq_src, LSE2, Delta, H, GROUP, L,
                sm_scale, qk_scale,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-               EXP2: tl.constexpr, SPLIT_DIAG: tl.constexpr, TMA: tl.constexpr, WARP_SPEC: tl.constexpr):
+               EXP2: tl.constexpr, SPLIT_DIAG: tl.constexpr, TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
+               DQ_ATOMIC: tl.constexpr):
     """dK, dV for keys [tile * BLOCK_N, +BLOCK_N) of (batch, kv head) bkv, summed over its GROUP query
     heads in registers (no atomics)."""
     start_n = tile * BLOCK_N
@@ -319,31 +343,34 @@ def _dkdv_tile(tile, bkv, q_src, k_src, v_src, do_src, dk_src, dv_src, LSE2, Del
         q_row0 = (b * H + (bkv % hkv_count) * GROUP + g) * L
         if CAUSAL:      # query i sees key j iff i >= j: query tiles from start_n on
             if SPLIT_DIAG:
-                dk, dv = _dkdv_loop(dk, dv, k, v, q_src, do_src, LSE2, Delta, q_row0, start_n,
+                dk, dv = _dkdv_loop(dk, dv, k, v, q_src, do_src, dq_src, LSE2, Delta, q_row0, start_n,
                                     start_n, start_n + BLOCK_N, qk_scale,
-                                    HEAD_DIM, BLOCK_M, BLOCK_N, True, EXP2, TMA, WARP_SPEC)
-                dk, dv = _dkdv_loop(dk, dv, k, v, q_src, do_src, LSE2, Delta, q_row0, start_n,
+                                    HEAD_DIM, BLOCK_M, BLOCK_N, True, EXP2, TMA, WARP_SPEC, DQ_ATOMIC)
+                dk, dv = _dkdv_loop(dk, dv, k, v, q_src, do_src, dq_src, LSE2, Delta, q_row0, start_n,
                                     start_n + BLOCK_N, L, qk_scale,
-                                    HEAD_DIM, BLOCK_M, BLOCK_N, False, EXP2, TMA, WARP_SPEC)
+                                    HEAD_DIM, BLOCK_M, BLOCK_N, False, EXP2, TMA, WARP_SPEC, DQ_ATOMIC)
             else:
-                dk, dv = _dkdv_loop(dk, dv, k, v, q_src, do_src, LSE2, Delta, q_row0, start_n,
+                dk, dv = _dkdv_loop(dk, dv, k, v, q_src, do_src, dq_src, LSE2, Delta, q_row0, start_n,
                                     start_n, L, qk_scale,
-                                    HEAD_DIM, BLOCK_M, BLOCK_N, True, EXP2, TMA, WARP_SPEC)
+                                    HEAD_DIM, BLOCK_M, BLOCK_N, True, EXP2, TMA, WARP_SPEC, DQ_ATOMIC)
         else:
-            dk, dv = _dkdv_loop(dk, dv, k, v, q_src, do_src, LSE2, Delta, q_row0, start_n, 0, L, qk_scale,
-                                HEAD_DIM, BLOCK_M, BLOCK_N, False, EXP2, TMA, WARP_SPEC)
+            dk, dv = _dkdv_loop(dk, dv, k, v, q_src, do_src, dq_src, LSE2, Delta, q_row0, start_n, 0, L,
+                                qk_scale,
+                                HEAD_DIM, BLOCK_M, BLOCK_N, False, EXP2, TMA, WARP_SPEC, DQ_ATOMIC)
     _store(dk_src, kv_row, (dk * sm_scale).to(k.dtype), BLOCK_N, HEAD_DIM, TMA)
     _store(dv_src, kv_row, dv.to(v.dtype), BLOCK_N, HEAD_DIM, TMA)
 
 
 @triton.jit
-def _dkdv_kernel(Q, K, V, dOut, dK, dV, LSE2, Delta, H, GROUP, L, BH, sm_scale, qk_scale,
+def _dkdv_kernel(Q, K, V, dOut, dK, dV, dQ32, LSE2, Delta, H, GROUP, L, BH, sm_scale, qk_scale,
                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                  EXP2: tl.constexpr, SPLIT_DIAG: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr,
-                 WARP_SPEC: tl.constexpr):
-    """Q, dOut in BLOCK_M-row tiles; K, V, dK, dV in BLOCK_N-row tiles (descriptors or pointers)."""
+                 WARP_SPEC: tl.constexpr, DQ_ATOMIC: tl.constexpr):
+    """Q, dOut in BLOCK_M-row tiles; K, V, dK, dV in BLOCK_N-row tiles (descriptors or pointers).
+    dQ32: a zeroed float32 dQ, read only when DQ_ATOMIC is 1 (a pointer: tl.atomic_add) or 2 (a
+    descriptor: TMA reductions; the interpreter has no TMA reduction, so it runs 1)."""
     BKV = BH // GROUP
-    q_src, k_src, v_src, do_src, dk_src, dv_src = Q, K, V, dOut, dK, dV
+    q_src, k_src, v_src, do_src, dk_src, dv_src, dq_src = Q, K, V, dOut, dK, dV, dQ32
     n_tiles = L // BLOCK_N
     if PERSISTENT:
         # key tile t sees n_tiles - t query tiles under causal: the same pairing balances it
@@ -355,13 +382,13 @@ def _dkdv_kernel(Q, K, V, dOut, dK, dV, LSE2, Delta, H, GROUP, L, BH, sm_scale, 
             bkv, first, second = _work_item(item, n_tiles, CAUSAL)
             for j in range(0, 1 + (second != first).to(tl.int32)):
                 _dkdv_tile(first + j * (second - first), bkv, q_src, k_src, v_src, do_src, dk_src, dv_src,
-                           LSE2, Delta, H, GROUP, L, sm_scale, qk_scale,
-                           HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, EXP2, SPLIT_DIAG, TMA, WARP_SPEC)
+                           dq_src, LSE2, Delta, H, GROUP, L, sm_scale, qk_scale,
+                           HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, EXP2, SPLIT_DIAG, TMA, WARP_SPEC, DQ_ATOMIC)
     else:
         # key tile 0 is the heaviest under causal: the natural order already hands it out first
-        _dkdv_tile(tl.program_id(0), tl.program_id(1), q_src, k_src, v_src, do_src, dk_src, dv_src, LSE2,
-                   Delta, H, GROUP, L, sm_scale, qk_scale,
-                   HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, EXP2, SPLIT_DIAG, TMA, WARP_SPEC)
+        _dkdv_tile(tl.program_id(0), tl.program_id(1), q_src, k_src, v_src, do_src, dk_src, dv_src, dq_src,
+                   LSE2, Delta, H, GROUP, L, sm_scale, qk_scale,
+                   HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, EXP2, SPLIT_DIAG, TMA, WARP_SPEC, DQ_ATOMIC)
 
 
 @triton.jit
@@ -459,17 +486,16 @@ def _descriptor(x, rows):
     return TensorDescriptor(x2, list(x2.shape), list(x2.stride()), [rows, x.shape[-1]])
 
 
-def _launch(kernel, name, q, n_tiles, n_heads, causal, steps, tiles, tensors, *args):
+def _launch(kernel, name, q, n_tiles, n_heads, causal, steps, tiles, tensors, *args, **extra):
     """kernel over n_tiles x n_heads tiles: a grid of one program per tile, or one per SM (persistent).
 
     tensors: (tensor, "m" or "n") for the kernel's leading tile arguments: its tile has BLOCK_M or
-    BLOCK_N rows; with TMA each is passed as a descriptor, else as the tensor (a pointer)."""
+    BLOCK_N rows; with TMA each is passed as a descriptor, else as the tensor (a pointer). "dq": the
+    atomic dQ buffer, a descriptor only for TMA reductions (DQ_ATOMIC == 2)."""
     D = q.shape[-1]
     tile = (tiles or {}).get(name) or TILES[(name, D, causal)]
-    if steps.tma:
-        tensors = [_descriptor(x, tile.block_m if role == "m" else tile.block_n) for x, role in tensors]
-    else:
-        tensors = [x for x, _ in tensors]
+    tensors = [_descriptor(x, tile.block_n if role == "n" else tile.block_m)
+               if steps.tma and (role != "dq" or extra.get("DQ_ATOMIC") == 2) else x for x, role in tensors]
     n_tiles = n_tiles(tile)
     if steps.persistent:
         n_items = n_heads * ((n_tiles + 1) // 2 if causal else n_tiles)
@@ -479,7 +505,7 @@ def _launch(kernel, name, q, n_tiles, n_heads, causal, steps, tiles, tensors, *a
         grid = (n_tiles, n_heads)
     kernel[grid](*tensors, *args, HEAD_DIM=D, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, CAUSAL=causal,
                  EXP2=steps.exp2, SPLIT_DIAG=steps.split_diagonal, TMA=steps.tma, PERSISTENT=steps.persistent,
-                 WARP_SPEC=steps.warp_specialize, num_warps=tile.warps, num_stages=tile.stages)
+                 WARP_SPEC=steps.warp_specialize, num_warps=tile.warps, num_stages=tile.stages, **extra)
 
 
 def _scales(D, scale, steps):
@@ -511,9 +537,15 @@ def _backward(q, k, v, out, lse, grad_out, causal, scale, steps, tiles):
     _bwd_preprocess[(triton.cdiv(B * H * L, PREPROCESS_ROWS),)](
         out, grad_out, lse, delta, lse2, B * H * L, HEAD_DIM=D, BLOCK=PREPROCESS_ROWS, EXP2=steps.exp2)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    _launch(_dkdv_kernel, "dkdv", q, lambda t: L // t.block_n, B * Hkv, causal, steps, tiles,
-            [(q, "m"), (k, "n"), (v, "n"), (grad_out, "m"), (dk, "n"), (dv, "n")],
-            lse2, delta, H, H // Hkv, L, B * H, sm_scale, qk_scale)
+    # atomic dQ: a float32 buffer that every key tile adds its share into (zeroed: one memset)
+    dq32 = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if steps.atomic_dq else dk
+    _launch(_dkdv_kernel, "dkdv_atomic" if steps.atomic_dq else "dkdv", q, lambda t: L // t.block_n, B * Hkv,
+            causal, steps, tiles,
+            [(q, "m"), (k, "n"), (v, "n"), (grad_out, "m"), (dk, "n"), (dv, "n"), (dq32, "dq")],
+            lse2, delta, H, H // Hkv, L, B * H, sm_scale, qk_scale,
+            DQ_ATOMIC=0 if not steps.atomic_dq else 2 if steps.tma and not INTERPRETED else 1)
+    if steps.atomic_dq:
+        return (dq32 * sm_scale).to(q.dtype), dk, dv
     _launch(_dq_kernel, "dq", q, lambda t: L // t.block_m, B * H, causal, steps, tiles,
             [(q, "m"), (k, "n"), (v, "n"), (grad_out, "m"), (dq, "m")],
             lse2, delta, H, H // Hkv, L, B * H, sm_scale, qk_scale)
