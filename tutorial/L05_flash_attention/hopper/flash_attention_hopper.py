@@ -1,6 +1,6 @@
 """L05 appendix — a Hopper fast path for the FlashAttention kernels.
 
-The same algorithm as L05's Triton kernels (solutions/flash_attention_triton.py:
+The same algorithm as L05's Triton kernels (flash_attention_triton.py of part 2:
 query tiles over key tiles with an online softmax, a backward by recomputation
 in three kernels), restricted to the shapes a model trains on so that every
 tile is whole, and tuned for Hopper (H100, H200). Read the teaching kernel
@@ -9,8 +9,8 @@ first: this file only adds the steps below, each behind a compile-time switch
 time them one by one.
 
     exp2            exponentials in base 2 with the scale folded into log2(e):
-                    exp(s*x - m) = exp2(x * s*log2(e) - m'), one FMA and one MUFU.EX2
-                    per score instead of a multiply, a second multiply and MUFU.EX2
+                    exp(s*x - m) = exp2(x * s*log2(e) - m'): one FMA and one MUFU.EX2
+                    per score, where tl.exp adds a multiply by log2(e) before its EX2
     split_diagonal  causal: the key tiles wholly below the diagonal run a loop
                     with no mask at all; only the diagonal tiles are masked
     tma             tiles move through tensor descriptors (triton.tools.tensor_descriptor,
