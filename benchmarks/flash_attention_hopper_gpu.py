@@ -18,6 +18,9 @@ ratio of two neighbouring rows. --sweep times a few tile configurations per kern
 causal flag (float16, L = 8k) and prints the table to paste into TILES; a configuration that
 fails to compile is printed and skipped.
 
+max_err: max |out - cuDNN's out| on forward rows, max over dq, dk, dv of |grad - cuDNN's| on
+forward + backward rows (the same grad_out for every method).
+
 FLOPs: forward 4 * B * H * L^2 * D (halved when causal); forward + backward 3.5 x that (the
 backward's five matmuls are 2.5 x the forward's two). Shapes: B = 4, H = 2048 / D (a 2048-wide
 model), L = 4k, 8k, 16k.
@@ -57,6 +60,9 @@ ABLATION = [
     ("+atomic_dq", fah.Steps(exp2=True, split_diagonal=True, tma=True, persistent=True, atomic_dq=True), None),
     ("+warp_spec", fah.Steps(exp2=True, split_diagonal=True, tma=True, persistent=True, atomic_dq=True,
                              warp_specialize=True), None),
+    # tried after the ladder: the forward's loop rotated (Steps.overlap), on top of +atomic_dq
+    ("+overlap", fah.Steps(exp2=True, split_diagonal=True, tma=True, persistent=True, atomic_dq=True,
+                           overlap=True), None),
 ]
 # L05's tiles (solutions/flash_attention_triton.py GPU_TILES, H100 sweep), as the appendix's Tile rows.
 L05_TILES = {64: dict(fwd=fah.Tile(128, 64, 8, 3), dkdv=fah.Tile(32, 128, 4, 3), dq=fah.Tile(128, 64, 8, 3)),
@@ -69,7 +75,7 @@ SWEEP = {  # the first of each list is TILES' choice for D = 128; all fit in sha
     "dkdv_atomic": [fah.Tile(32, 128, 8, 2), fah.Tile(64, 128, 8, 2), fah.Tile(16, 128, 8, 2)],
 }
 ATOMIC = fah.Steps(atomic_dq=True)
-FAST_RUNGS = ("+persistent", "+atomic_dq", "+warp_spec")   # an ablation run's candidates for "the fast path"
+FAST_RUNGS = ("+persistent", "+atomic_dq", "+warp_spec", "+overlap")   # an ablation run's candidates for "the fast path"
 
 
 def flops(batch, heads, seq_len, head_dim, causal, mode):
@@ -106,13 +112,13 @@ def methods(impl, causal, head_dim, ablation, rungs=None):
     return calls
 
 
-def step_of(fn, q, k, v, mode):
+def step_of(fn, q, k, v, mode, grad=None):
     if mode == "fwd":
         def step():
             with torch.no_grad():
                 fn(q, k, v)
     else:
-        grad = torch.randn_like(q)
+        grad = torch.randn_like(q) if grad is None else grad
 
         def step():
             torch.autograd.grad(fn(q, k, v), (q, k, v), grad)
@@ -197,13 +203,19 @@ def run(args, impl, log, deadline):
                     calls = methods(impl, causal, head_dim, args.ablation, args.rungs)
                     with torch.no_grad():
                         expected = calls["cudnn"](q, k, v).float()
+                    grad = torch.randn_like(q)
+                    expected_grads = torch.autograd.grad(calls["cudnn"](q, k, v), (q, k, v), grad)
                     for mode in args.modes:
                         steps, errs = {}, {}
                         for name, fn in calls.items():
                             try:
                                 with torch.no_grad():
                                     errs[name] = (fn(q, k, v).float() - expected).abs().max().item()
-                                step = step_of(fn, q, k, v, mode)
+                                if mode != "fwd":   # the gradients too: max |d - d_cudnn| over dq, dk, dv
+                                    got = torch.autograd.grad(fn(q, k, v), (q, k, v), grad)
+                                    errs[name] = max((a.float() - b.float()).abs().max().item()
+                                                     for a, b in zip(got, expected_grads))
+                                step = step_of(fn, q, k, v, mode, grad)
                                 step()                     # compile outside the timed region
                                 torch.cuda.synchronize()
                                 steps[name] = step
@@ -223,7 +235,7 @@ def run(args, impl, log, deadline):
                                        tflops=round(f / medians[name] / 1e12, 1),
                                        tflops_min=round(f / max(t) / 1e12, 1), tflops_max=round(f / min(t) / 1e12, 1),
                                        vs_cudnn=round(base / medians[name], 3) if base else "",
-                                       max_err=f"{errs.get(name, math.nan):.2e}")
+                                       max_err=f"{errs.get(name, math.nan):.2e}")  # fwd: out; fwd+bwd: grads
                             rows.append(row)
                             print(f"{dtype_name:8s} D={head_dim:3d} causal={causal!s:5s} L={seq_len:5d} {mode:7s} "
                                   f"{name:12s} {row['ms']:8.3f} ms [{row['ms_min']:.3f}..{row['ms_max']:.3f}] "

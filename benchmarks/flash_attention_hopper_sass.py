@@ -50,7 +50,8 @@ def compile_one(name, head_dim, causal, steps, tile, dtype="fp16"):
     signature.update(zip(kernel.arg_names[len(roles):], scalars))
     constants = dict(HEAD_DIM=head_dim, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, CAUSAL=causal,
                      EXP2=steps.exp2, SPLIT_DIAG=steps.split_diagonal, TMA=steps.tma, PERSISTENT=steps.persistent,
-                     WARP_SPEC=steps.warp_specialize, **({"DQ_ATOMIC": atomic} if name == "dkdv" else {}))
+                     WARP_SPEC=steps.warp_specialize, **({"DQ_ATOMIC": atomic} if name == "dkdv" else {}),
+                     **({"OVERLAP": steps.overlap} if name == "fwd" else {}))
     signature.update({k: "constexpr" for k in constants})
     compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=tile.warps, num_stages=tile.stages))
@@ -79,7 +80,8 @@ def main():
         for name in ("fwd", "dkdv", "dq"):
             if name == "dq" and steps.atomic_dq:
                 continue
-            key = "dkdv_atomic" if name == "dkdv" and steps.atomic_dq else name
+            key = ("dkdv_atomic" if name == "dkdv" and steps.atomic_dq
+                   else "fwd_overlap" if name == "fwd" and steps.overlap else name)
             tile = bench.L05_TILES[head_dim][name] if l05_tiles else fah.TILES[(key, head_dim, causal)]
             try:
                 r = compile_one(name, head_dim, causal, steps, tile)

@@ -23,6 +23,8 @@ time them one by one.
                     (tile t with tile n-1-t) so every item costs the same
     warp_specialize tl.range(..., warp_specialize=True): Triton splits the loop into
                     a producer warp group (loads) and consumer warp groups (math)
+    overlap         forward: the key loop rotated by half an iteration, so the next tile's
+                    QK^T (asynchronous wgmma) runs while this tile's softmax is computed
     atomic_dq       backward: the dK/dV kernel also computes each tile's dQ share (dS K)
                     and adds it into a float32 dQ by TMA reductions, so QK^T and P are
                     built once, not twice (5 matmuls instead of 7); no dQ kernel
@@ -76,6 +78,7 @@ class Steps:
     persistent: bool = True
     warp_specialize: bool = False
     atomic_dq: bool = False
+    overlap: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,9 @@ TILES = {
     ("dkdv", 128, False): Tile(32, 128, 8, 2), ("dkdv", 128, True): Tile(32, 128, 8, 2),
     ("dq", 64, False): Tile(128, 64, 8, 2), ("dq", 64, True): Tile(128, 64, 8, 2),
     ("dq", 128, False): Tile(128, 64, 8, 2), ("dq", 128, True): Tile(128, 64, 8, 2),
+    # the forward with its loop rotated (Steps.overlap): two score tiles live at once, so 64-key tiles
+    ("fwd_overlap", 64, False): Tile(128, 64, 8, 3), ("fwd_overlap", 64, True): Tile(128, 64, 8, 3),
+    ("fwd_overlap", 128, False): Tile(128, 64, 8, 3), ("fwd_overlap", 128, True): Tile(128, 64, 8, 3),
     # the dK/dV kernel when it also adds dQ (Steps.atomic_dq): one more accumulator-free matmul per step
     ("dkdv_atomic", 64, False): Tile(64, 128, 8, 2), ("dkdv_atomic", 64, True): Tile(64, 128, 8, 2),
     ("dkdv_atomic", 128, False): Tile(32, 128, 8, 2), ("dkdv_atomic", 128, True): Tile(32, 128, 8, 2),
@@ -166,42 +172,66 @@ def _work_item(item, n_tiles, CAUSAL: tl.constexpr):
 # Forward
 # ---------------------------------------------------------------------------
 @triton.jit
+def _online_softmax(acc, l_i, m_i, qk, v, offs_m, start_n, qk_scale,
+                    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, EXP2: tl.constexpr):
+    """Fold one key tile's raw scores qk (BLOCK_M, BLOCK_N) and values v (BLOCK_N, D) into the state."""
+    if MASKED:   # the diagonal tile: key j visible from query i iff j <= i
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        qk = tl.where(offs_m[:, None] >= offs_n[None, :], qk, float("-inf"))
+    # -- running max of the scaled scores; the first key tile always holds key 0, seen by every row,
+    #    so m_new is finite and exp(-inf - m_new) = 0 needs no guard --
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    s = qk * qk_scale - m_new[:, None]                       # one FMA per score
+    if EXP2:
+        p = tl.math.exp2(s)
+        alpha = tl.math.exp2(m_i - m_new)
+    else:
+        p = tl.exp(s)                                        # = exp2(s * log2 e): one more multiply
+        alpha = tl.exp(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    # -- acc = acc * alpha + P V: (BLOCK_M, BLOCK_N) @ (BLOCK_N, D); P rounded to V's dtype --
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _fwd_loop(acc, l_i, m_i, q, k_src, v_src, kv_row, start_m, lo, hi, qk_scale,
               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              MASKED: tl.constexpr, EXP2: tl.constexpr, TMA: tl.constexpr, WARP_SPEC: tl.constexpr):
+              MASKED: tl.constexpr, EXP2: tl.constexpr, TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
+              OVERLAP: tl.constexpr):
     """Fold key tiles [lo, hi) into (acc, l_i, m_i) of the query tile at start_m.
 
-    m_i is in the units of qk_scale: base 2 (qk_scale = sm_scale * log2 e) with EXP2, else natural."""
+    m_i is in the units of qk_scale: base 2 (qk_scale = sm_scale * log2 e) with EXP2, else natural.
+    OVERLAP: the loop is rotated by half an iteration, so that tile j+1's QK^T is issued before tile
+    j's softmax: wgmma is asynchronous, and the tensor cores multiply while the same warps compute
+    exponentials (FlashAttention-3's intra-warpgroup overlap). It costs a second score tile in
+    registers and one wasted QK^T on the last iteration."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
-        # -- qk = q k^T: (BLOCK_M, D) @ (D, BLOCK_N) -> (BLOCK_M, BLOCK_N), still unscaled --
-        k = _load(k_src, kv_row + start_n, BLOCK_N, HEAD_DIM, TMA)
-        qk = tl.dot(q, tl.trans(k))
-        if MASKED:   # the diagonal tile: key j visible from query i iff j <= i
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            qk = tl.where(offs_m[:, None] >= offs_n[None, :], qk, float("-inf"))
-        # -- running max of the scaled scores; the first key tile always holds key 0, seen by every row,
-        #    so m_new is finite and exp(-inf - m_new) = 0 needs no guard --
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        s = qk * qk_scale - m_new[:, None]                       # one FMA per score
-        if EXP2:
-            p = tl.math.exp2(s)
-            alpha = tl.math.exp2(m_i - m_new)
-        else:
-            p = tl.exp(s)                                        # = exp2(s * log2 e): one more multiply
-            alpha = tl.exp(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        # -- acc = acc * alpha + P V: (BLOCK_M, BLOCK_N) @ (BLOCK_N, D); P rounded to V's dtype --
-        v = _load(v_src, kv_row + start_n, BLOCK_N, HEAD_DIM, TMA)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-        m_i = m_new
+    if OVERLAP:
+        k = _load(k_src, kv_row + lo, BLOCK_N, HEAD_DIM, TMA)
+        qk = tl.dot(q, tl.trans(k))                          # prologue: the first tile's scores
+        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
+            # -- the next tile's scores first (the last iteration recomputes its own tile and drops it) --
+            k_next = _load(k_src, kv_row + tl.minimum(start_n + BLOCK_N, hi - BLOCK_N), BLOCK_N, HEAD_DIM, TMA)
+            qk_next = tl.dot(q, tl.trans(k_next))
+            v = _load(v_src, kv_row + start_n, BLOCK_N, HEAD_DIM, TMA)
+            acc, l_i, m_i = _online_softmax(acc, l_i, m_i, qk, v, offs_m, start_n, qk_scale, BLOCK_N, MASKED, EXP2)
+            qk = qk_next
+    else:
+        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC):
+            # -- qk = q k^T: (BLOCK_M, D) @ (D, BLOCK_N) -> (BLOCK_M, BLOCK_N), still unscaled --
+            k = _load(k_src, kv_row + start_n, BLOCK_N, HEAD_DIM, TMA)
+            qk = tl.dot(q, tl.trans(k))
+            v = _load(v_src, kv_row + start_n, BLOCK_N, HEAD_DIM, TMA)
+            acc, l_i, m_i = _online_softmax(acc, l_i, m_i, qk, v, offs_m, start_n, qk_scale, BLOCK_N, MASKED, EXP2)
     return acc, l_i, m_i
 
 
 @triton.jit
 def _fwd_tile(tile, bh, q_src, k_src, v_src, o_src, LSE, H, GROUP, L, qk_scale,
               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-              EXP2: tl.constexpr, SPLIT_DIAG: tl.constexpr, TMA: tl.constexpr, WARP_SPEC: tl.constexpr):
+              EXP2: tl.constexpr, SPLIT_DIAG: tl.constexpr, TMA: tl.constexpr, WARP_SPEC: tl.constexpr,
+              OVERLAP: tl.constexpr):
     """Query rows [tile * BLOCK_M, +BLOCK_M) of (batch, head) bh: out and lse."""
     start_m = tile * BLOCK_M
     b = bh // H
@@ -217,17 +247,17 @@ def _fwd_tile(tile, bh, q_src, k_src, v_src, o_src, LSE, H, GROUP, L, qk_scale,
         if SPLIT_DIAG:
             # -- tiles left of the diagonal: every (row, key) visible, no mask code at all --
             acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_src, v_src, kv_row, start_m, 0, start_m, qk_scale,
-                                      HEAD_DIM, BLOCK_M, BLOCK_N, False, EXP2, TMA, WARP_SPEC)
+                                      HEAD_DIM, BLOCK_M, BLOCK_N, False, EXP2, TMA, WARP_SPEC, OVERLAP)
             # -- the diagonal tiles, masked --
             acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_src, v_src, kv_row, start_m, start_m,
                                       start_m + BLOCK_M, qk_scale,
-                                      HEAD_DIM, BLOCK_M, BLOCK_N, True, EXP2, TMA, WARP_SPEC)
+                                      HEAD_DIM, BLOCK_M, BLOCK_N, True, EXP2, TMA, WARP_SPEC, OVERLAP)
         else:
             acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_src, v_src, kv_row, start_m, 0, start_m + BLOCK_M,
-                                      qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, True, EXP2, TMA, WARP_SPEC)
+                                      qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, True, EXP2, TMA, WARP_SPEC, OVERLAP)
     else:
         acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_src, v_src, kv_row, start_m, 0, L, qk_scale,
-                                  HEAD_DIM, BLOCK_M, BLOCK_N, False, EXP2, TMA, WARP_SPEC)
+                                  HEAD_DIM, BLOCK_M, BLOCK_N, False, EXP2, TMA, WARP_SPEC, OVERLAP)
     # epilogue: normalise once; lse in natural log, as the teaching kernel returns it
     if EXP2:
         lse = (m_i + tl.math.log2(l_i)) * LN2
@@ -242,7 +272,7 @@ def _fwd_tile(tile, bh, q_src, k_src, v_src, o_src, LSE, H, GROUP, L, qk_scale,
 def _fwd_kernel(Q, K, V, Out, LSE, H, GROUP, L, BH, qk_scale,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                 EXP2: tl.constexpr, SPLIT_DIAG: tl.constexpr, TMA: tl.constexpr, PERSISTENT: tl.constexpr,
-                WARP_SPEC: tl.constexpr):
+                WARP_SPEC: tl.constexpr, OVERLAP: tl.constexpr):
     """Q, Out: (B*H*L, D) rows in BLOCK_M tiles; K, V: (B*Hkv*L, D) in BLOCK_N tiles (descriptors or
     pointers, see `_load`); LSE (B*H*L,) float32. BH = B * H."""
     q_src, k_src, v_src, o_src = Q, K, V, Out
@@ -257,13 +287,13 @@ def _fwd_kernel(Q, K, V, Out, LSE, H, GROUP, L, BH, qk_scale,
             # one or two tiles; a loop rather than two calls keeps one copy of the tile's code
             for j in range(0, 1 + (second != first).to(tl.int32)):
                 _fwd_tile(first + j * (second - first), bh, q_src, k_src, v_src, o_src, LSE, H, GROUP, L,
-                          qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, EXP2, SPLIT_DIAG, TMA, WARP_SPEC)
+                          qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, EXP2, SPLIT_DIAG, TMA, WARP_SPEC, OVERLAP)
     else:
         tile = tl.program_id(0)
         if CAUSAL:                          # heaviest tiles first: the last wave is short ones
             tile = n_tiles - 1 - tile
         _fwd_tile(tile, tl.program_id(1), q_src, k_src, v_src, o_src, LSE, H, GROUP, L, qk_scale,
-                  HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, EXP2, SPLIT_DIAG, TMA, WARP_SPEC)
+                  HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, EXP2, SPLIT_DIAG, TMA, WARP_SPEC, OVERLAP)
 
 
 # ---------------------------------------------------------------------------
@@ -520,8 +550,9 @@ def _forward(q, k, v, causal, scale, steps, tiles):
     if q.numel() == 0:
         return out, lse
     _, qk_scale = _scales(D, scale, steps)
-    _launch(_fwd_kernel, "fwd", q, lambda t: L // t.block_m, B * H, causal, steps, tiles,
-            [(q, "m"), (k, "n"), (v, "n"), (out, "m")], lse, H, H // k.shape[1], L, B * H, qk_scale)
+    _launch(_fwd_kernel, "fwd_overlap" if steps.overlap else "fwd", q, lambda t: L // t.block_m, B * H, causal,
+            steps, tiles, [(q, "m"), (k, "n"), (v, "n"), (out, "m")], lse, H, H // k.shape[1], L, B * H, qk_scale,
+            OVERLAP=steps.overlap)
     return out, lse
 
 

@@ -32,6 +32,8 @@ STEP_SETS = {
     "persistent_only": {**OFF, "persistent": True},
     "atomic_dq": {"atomic_dq": True},
     "atomic_dq_pointers": {**OFF, "atomic_dq": True},
+    "overlap": {"overlap": True},
+    "overlap_pointers": {**OFF, "overlap": True, "split_diagonal": True},
     "warp_specialize": {"warp_specialize": True},
 }
 
@@ -189,10 +191,12 @@ def test_tile_table_covers_the_subset(fah):
     """Every (kernel, D, causal) has a tile, and the tiles fit the kernels' rules."""
     for D in fah.HEAD_DIMS:
         for causal in (False, True):
-            fwd, dkdv, dq, dkdv_atomic = (fah.TILES[(name, D, causal)] for name in ("fwd", "dkdv", "dq", "dkdv_atomic"))
-            for name, t in (("fwd", fwd), ("dkdv", dkdv), ("dq", dq), ("dkdv_atomic", dkdv_atomic)):
+            names = ("fwd", "fwd_overlap", "dkdv", "dq", "dkdv_atomic")
+            fwd, fwd_overlap, dkdv, dq, dkdv_atomic = (fah.TILES[(name, D, causal)] for name in names)
+            for name, t in zip(names, (fwd, fwd_overlap, dkdv, dq, dkdv_atomic)):
                 assert fah.SEQ_MULTIPLE % t.block_m == 0 and fah.SEQ_MULTIPLE % t.block_n == 0, (name, D, t)
             for t in (dkdv, dkdv_atomic):
                 assert t.block_n % t.block_m == 0, f"dkdv {t}: the masked diagonal needs BLOCK_N % BLOCK_M == 0"
             assert dq.block_m % dq.block_n == 0, f"dq {dq}: the masked diagonal needs BLOCK_M % BLOCK_N == 0"
-            assert fwd.block_m % fwd.block_n == 0, f"fwd {fwd}: the causal split needs BLOCK_M % BLOCK_N == 0"
+            for t in (fwd, fwd_overlap):
+                assert t.block_m % t.block_n == 0, f"fwd {t}: the causal split needs BLOCK_M % BLOCK_N == 0"
