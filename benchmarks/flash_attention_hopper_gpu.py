@@ -337,7 +337,7 @@ def markdown(rows):
                 continue
             text = f"{float(r['tflops']):.0f}"
             p = cell.get((prev, col)) if prev and name.startswith("+") else None
-            if p is not None:
+            if p is not None and float(p["tflops"]) > 0:
                 text += f" ({float(r['tflops']) / float(p['tflops']):.2f}×)"
             out.append(text)
         print(f"| {name} | " + " | ".join(out) + " |")
