@@ -347,7 +347,7 @@ def markdown(rows):
         fast = cell.get(("hopper", col)) or max((cell[(n, col)] for n in FAST_RUNGS if (n, col) in cell),
                                                 key=lambda r: float(r["tflops"]), default=None)
         base = cell.get(("cudnn", col))
-        if fast and base:
+        if fast and base and float(base["tflops"]) > 0:
             dt, d, c, n, m = col
             print(f"| {m} D={d} {'causal' if c else 'full'} L={n // 1024}k {dt} | "
                   f"{float(fast['tflops']) / float(base['tflops']):.2f} | "
