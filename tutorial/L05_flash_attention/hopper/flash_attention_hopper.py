@@ -70,8 +70,9 @@ HEAD_DIMS = (64, 128)
 
 @dataclass(frozen=True)
 class Steps:
-    """Which of the appendix's steps are on (all of them by default, except warp
-    specialisation, which the H200 ablation did not keep: see README.md)."""
+    """Which of the appendix's steps are on. Steps() is the whole ladder up to the persistent
+    schedule (the later steps are off: none paid on the H200); what a call runs by default is
+    DEFAULT below, the best the H200 ablation measured for each head dim."""
     exp2: bool = True
     split_diagonal: bool = True
     tma: bool = True
@@ -91,8 +92,10 @@ class Tile:
 
 FAST = Steps()
 
-# (kernel, head dim, causal) -> Tile, from `benchmarks/flash_attention_hopper_gpu.py --sweep` on an H200
-# (float16 and bfloat16, L = 8k). fwd: a query tile of 128 rows over key tiles; dkdv: a key tile over
+# (kernel, head dim, causal) -> Tile for the Hopper rungs of the ablation ("+tiles" on). Chosen from
+# the register and spill counts of sm_90 builds (benchmarks/flash_attention_hopper_sass.py), NOT from
+# timings: the H200 ablation then showed them slower than L05's table everywhere except the D = 128
+# forward (see README.md). fwd: a query tile of 128 rows over key tiles; dkdv: a key tile over
 # query tiles (BLOCK_N must be a multiple of BLOCK_M); dq: a query tile over key tiles (BLOCK_M a
 # multiple of BLOCK_N).
 TILES = {
@@ -110,6 +113,17 @@ TILES = {
     ("dkdv_atomic", 128, False): Tile(32, 128, 8, 2), ("dkdv_atomic", 128, True): Tile(32, 128, 8, 2),
 }
 PREPROCESS_ROWS = 128
+
+# L05's tile table (solutions/flash_attention_triton.py GPU_TILES, swept on an H100), as overrides.
+L05_TILES = {64: dict(fwd=Tile(128, 64, 8, 3), dkdv=Tile(32, 128, 4, 3), dq=Tile(128, 64, 8, 3)),
+             128: dict(fwd=Tile(64, 64, 4, 3), dkdv=Tile(64, 128, 8, 3), dq=Tile(128, 64, 8, 3))}
+POINTERS = Steps(tma=False, persistent=False)      # exp2 and the split diagonal, plain loads
+# What a call runs when it names no steps: head dim -> ((forward steps, tiles), (backward steps, tiles)),
+# each the fastest rung of the H200 ablation (float16, L = 8k, full and causal) for that pass:
+#   D = 128 forward: TMA + persistent + 128 x 128 tiles ("+persistent", 482 / 442 TFLOP/s vs L05's 440 / 429)
+#   D = 64 forward, and every backward: exp2 + split diagonal + L05's tiles ("+split_diag")
+DEFAULT = {64: ((POINTERS, L05_TILES[64]), (POINTERS, L05_TILES[64])),
+           128: ((FAST, None), (POINTERS, L05_TILES[128]))}
 
 
 # ---------------------------------------------------------------------------
@@ -635,13 +649,21 @@ def _route(q, k, v, causal, scale, fallback):
     return why
 
 
+def _configs(head_dim, steps, tiles):
+    """((forward steps, tiles), (backward steps, tiles)): DEFAULT, or the caller's for both passes."""
+    if steps is None and tiles is None:
+        return DEFAULT[head_dim]
+    return (steps or FAST, tiles), (steps or FAST, tiles)
+
+
 class HopperFlashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, scale, steps, tiles):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        out, lse = _forward(q, k, v, causal, scale, steps, tiles)
+        fwd, bwd = _configs(q.shape[-1], steps, tiles)
+        out, lse = _forward(q, k, v, causal, scale, *fwd)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.args = (causal, scale, steps, tiles)
+        ctx.args = (causal, scale, *bwd)
         return out
 
     @staticmethod
@@ -651,22 +673,24 @@ class HopperFlashAttentionFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-def hopper_flash_attention_forward(q, k, v, causal=False, scale=None, *, fallback=None, steps=FAST, tiles=None):
+def hopper_flash_attention_forward(q, k, v, causal=False, scale=None, *, fallback=None, steps=None, tiles=None):
     """(out, lse) as L05's triton_flash_attention_forward, for the subset in the module docstring.
 
     fallback: a function with triton_flash_attention_forward's signature, called for inputs outside
     the subset; None raises a ValueError naming the argument instead. steps, tiles: the ablation's
-    switches (`Steps`) and tile overrides ({kernel name: Tile}); the defaults are the fast path."""
+    switches (`Steps`) and tile overrides ({kernel name: Tile}); None: DEFAULT, the fastest measured."""
     if _route(q, k, v, causal, scale, fallback):
         return fallback(q, k, v, causal=causal, scale=scale)
-    return _forward(q.contiguous(), k.contiguous(), v.contiguous(), causal, scale, steps, tiles)
+    fwd, _ = _configs(q.shape[-1], steps, tiles)
+    return _forward(q.contiguous(), k.contiguous(), v.contiguous(), causal, scale, *fwd)
 
 
-def hopper_flash_attention(q, k, v, causal=False, scale=None, *, fallback=None, steps=FAST, tiles=None):
+def hopper_flash_attention(q, k, v, causal=False, scale=None, *, fallback=None, steps=None, tiles=None):
     """out as L05's triton_flash_attention (differentiable, Triton backward), for the module's subset.
 
     fallback: e.g. triton_flash_attention itself, called for inputs outside the subset (other head
-    dims, tails, Lq != Lk, float32, windows are not taken at all); None raises a ValueError instead."""
+    dims, tails, Lq != Lk, float32, windows are not taken at all); None raises a ValueError instead.
+    steps, tiles: as in hopper_flash_attention_forward, for both passes."""
     if _route(q, k, v, causal, scale, fallback):
         return fallback(q, k, v, causal=causal, scale=scale)
     return HopperFlashAttentionFunction.apply(q, k, v, causal, scale, steps, tiles)
