@@ -38,7 +38,26 @@ def cuobjdump():
     return paths[0] if paths else "cuobjdump"
 
 
-def compile_one(name, head_dim, causal, steps, tile, dtype="fp16"):
+def instruction_order(sass):
+    """The warp-group matmuls (HGMMA, runs counted), their waits (WARPGROUP.DEPBAR with its operand:
+    0x0 = wait for every matmul issued) and the exponentials (MUFU.EX2), in program order."""
+    import re
+    seq = []
+    for line in sass.splitlines():
+        m = re.search(r"\*/\s+(?:@!?U?P\d\s+)?([A-Z][A-Z0-9_.]+)([^;]*);", line)
+        if not m or not m.group(1).startswith(("HGMMA", "MUFU.EX2", "WARPGROUP.DEPBAR")):
+            continue
+        op = m.group(1).split(".")[0] if m.group(1).startswith("HGMMA") else m.group(1)
+        if op.startswith("WARPGROUP.DEPBAR"):
+            op = f"{op} {m.group(2).strip()}"
+        if seq and seq[-1][0] == op:
+            seq[-1][1] += 1
+        else:
+            seq.append([op, 1])
+    return "  ".join(f"{op} x{n}" if n > 1 else op for op, n in seq)
+
+
+def compile_one(name, head_dim, causal, steps, tile, dtype="fp16", order=False):
     kernel, roles, scalars = KERNELS[name]
     rows = {"m": tile.block_m, "n": tile.block_n, "d": tile.block_m}
     atomic = (2 if steps.tma else 1) if steps.atomic_dq else 0
@@ -61,6 +80,8 @@ def compile_one(name, head_dim, causal, steps, tile, dtype="fp16"):
         usage = subprocess.run([cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
         sass = subprocess.run([cuobjdump(), "--dump-sass", f.name], capture_output=True, text=True).stdout
     fields = dict(x.split(":", 1) for x in usage.split() if x.startswith(("REG:", "STACK:")))
+    if order:
+        print(f"{name} D={head_dim} causal={causal} {steps}: " + instruction_order(sass))
     return dict(regs=fields.get("REG", "?"), stack=fields.get("STACK", "?"), smem=compiled.metadata.shared,
                 LDL=sass.count("LDL"), HGMMA=sass.count("HGMMA"), HMMA=sass.count("HMMA"),
                 UTMALDG=sass.count("UTMALDG"), RED=sass.count("REDG") + sass.count("UBLKRED"))
@@ -70,6 +91,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ablation", action="store_true", help="every rung of the benchmark's ladder")
     parser.add_argument("--head-dims", type=int, nargs="+", default=[128, 64])
+    parser.add_argument("--order", action="store_true", help="print each forward's matmul/wait/exp2 order")
     args = parser.parse_args()
     import flash_attention_hopper_gpu as bench
     ladder = bench.ABLATION if args.ablation else [("fast", fah.FAST, None)]
@@ -84,7 +106,7 @@ def main():
                    else "fwd_overlap" if name == "fwd" and steps.overlap else name)
             tile = bench.L05_TILES[head_dim][name] if l05_tiles else fah.TILES[(key, head_dim, causal)]
             try:
-                r = compile_one(name, head_dim, causal, steps, tile)
+                r = compile_one(name, head_dim, causal, steps, tile, order=args.order and name == "fwd")
             except Exception as e:  # a variant this Triton cannot build: say so and go on
                 print(f"{rung:12s} {key:11s} {head_dim:3d} {causal!s:6s} FAILED {type(e).__name__}: "
                       f"{str(e).strip().splitlines()[-1][:200]}")
