@@ -8,7 +8,8 @@ Methods, timed in the same run on the same inputs, interleaved (coursekit.bench.
 --repeats timings each; the CSV keeps the median and the spread):
 
     l05       impl.flash_attention_triton.triton_flash_attention (the teaching kernel)
-    hopper    tutorial/L05_flash_attention/hopper: hopper_flash_attention with every step
+    hopper    tutorial/L05_flash_attention/hopper: hopper_flash_attention with its defaults
+              (DEFAULT: per head dim and pass, the fastest rung of the H200 ablation)
     fa2       F.scaled_dot_product_attention pinned to SDPBackend.FLASH_ATTENTION
     cudnn     F.scaled_dot_product_attention pinned to SDPBackend.CUDNN_ATTENTION (the target's yardstick)
 

@@ -45,7 +45,9 @@ argument):
 Every row sees at least its own key, so no row is fully masked here and the
 lse is always finite.
 
-Tested on an H200 (Triton 3.6, torch 2.11) and under the interpreter (Triton 3.9).
+Tested under the interpreter (Triton 3.9, every switch); on an H200 (Triton 3.6, torch 2.11) the
+test file passed for an earlier version of this module, and the final version's benchmark checked
+every rung's output and gradients against cuDNN at L = 8k (benchmarks/results/, max_err).
 Nothing touches the CUDA driver at import time.
 """
 import functools
