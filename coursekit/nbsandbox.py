@@ -24,8 +24,20 @@ from coursekit import sandbox
 CGROUP_PREFIX_ENV = "COURSE_NB_CGROUP_PREFIX"
 
 
+def ipykernel(argv):
+    """The kernel itself (`python -P -m coursekit.nbsandbox --ipykernel -f FILE`).
+    The notebook's folder comes *last* on sys.path (-P keeps Python from putting
+    it first): it holds the student's model/, and a torch.py, coursekit/ or
+    sitecustomize.py a submission ships there must not shadow the real ones."""
+    sys.path.append(os.getcwd())
+    from ipykernel import kernelapp
+    kernelapp.launch_new_instance(argv=argv)
+
+
 def main(argv=None):
     argv = argv if argv is not None else sys.argv[1:]
+    if argv and argv[0] == "--ipykernel":
+        return ipykernel(argv[1:])
     connection_file = os.path.abspath(argv[0])
     isolation = sandbox.detect()
     limits = sandbox.Limits()
@@ -38,8 +50,10 @@ def main(argv=None):
     sandbox.preexec(limits, group, new_session=False)()
     # The notebook's folder first on the path (model/ lives there), then the
     # tooling copy the grader put on PYTHONPATH.
-    inner = [sys.executable, "-m", "ipykernel_launcher", "-f", connection_file]
+    inner = [sys.executable, "-P", "-m", "coursekit.nbsandbox", "--ipykernel", "-f", connection_file]
     if isolation.level != "bwrap":
+        # IPython's profile (startup files, config) in a fresh folder: not one a notebook could write.
+        os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="ipython-")
         os.execv(inner[0], inner)
     cwd = os.getcwd()
     binds = []
@@ -54,7 +68,10 @@ def main(argv=None):
     shutil.copyfile(connection_file, copy)
     inner[inner.index(connection_file)] = copy
     binds += ["--bind", ipc, ipc, "--bind", cwd, cwd]
-    command = sandbox.bwrap_base(limits) + binds + ["--chdir", cwd, "--setenv", "HOME", cwd,
+    # HOME and IPython's profile in the kernel's private /tmp, not in the notebook's folder: a
+    # submission's .ipython/profile_default/startup/ (or .jupyter/) there is never read.
+    command = sandbox.bwrap_base(limits) + binds + ["--chdir", cwd, "--setenv", "HOME", "/tmp",
+                                                    "--setenv", "IPYTHONDIR", "/tmp/.ipython",
                                                     "--setenv", "TMPDIR", "/tmp",
                                                     # its parent is the namespace's init (pid 1): no parent poller
                                                     "--unsetenv", "JPY_PARENT_PID"] + inner
