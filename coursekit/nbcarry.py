@@ -394,7 +394,8 @@ def run_separately(submitted, source_nb, run, path):
         nb_a, where_a, harvests = plan
         names = {i: n for i, (_, n) in harvests.items()}
         scratch = tempfile.mkdtemp(prefix="course-answers-")
-        folder = os.path.join(scratch, os.path.basename(os.path.abspath(path)) or "nb")
+        # Three levels down, as autograded/<student>/<lesson>: a path walk up from it ends in scratch.
+        folder = os.path.join(scratch, "answers", "kernel", os.path.basename(os.path.abspath(path)) or "nb")
         try:
             shutil.copytree(path, folder, symlinks=True, ignore=shutil.ignore_patterns(HARVEST_DIR))
             started = time.perf_counter()

@@ -1,6 +1,6 @@
 """A Jupyter kernel in the grader's sandbox (the kernel autograding starts).
 
-    python -m coursekit.nbsandbox CONNECTION_FILE
+    python -P -m coursekit.nbsandbox CONNECTION_FILE
 
 The kernelspec that `course nbgrader autograde` installs for the run points
 here. It starts ipykernel under bubblewrap (coursekit.sandbox) when the machine
@@ -96,7 +96,9 @@ def install_kernelspec(folder: Path):
         spec = folder / "kernels" / name
         spec.mkdir(parents=True, exist_ok=True)
         (spec / "kernel.json").write_text(json.dumps({
-            "argv": [sys.executable, "-m", "coursekit.nbsandbox", "{connection_file}"],
+            # -P: the notebook's folder (the launcher's working folder, a student's files) is not
+            # on sys.path, so a coursekit/ shipped there is not what runs here, outside the sandbox.
+            "argv": [sys.executable, "-P", "-m", "coursekit.nbsandbox", "{connection_file}"],
             "display_name": "Python 3 (grading sandbox)", "language": "python",
             "interrupt_mode": "message", "metadata": {"debugger": False}}, indent=1))
     return folder
