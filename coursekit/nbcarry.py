@@ -44,6 +44,7 @@ import io
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 
@@ -311,11 +312,12 @@ def bind(namespace, blob, names):
             namespace.pop(name, None)
 
 
-def graded_notebook(submitted, source_nb, blobs, names):
+def graded_notebook(submitted, source_nb, names):
     """(notebook for kernel B, {B cell index: submitted index}). The
     instructor's cells come from source_nb when given (else the submitted
     ones), the graded cells from the submission (nbgrader has restored them
-    from the gradebook), each answer is a generated bind cell."""
+    from the gradebook), each answer is a generated bind cell whose data
+    `fill_bind_cell` puts in just before it runs (kernel A may still run)."""
     base = source_nb if source_nb is not None else submitted
     graded_at = {grade_id(c): i for i, c in enumerate(submitted.cells) if kind(c) == "graded"}
     answer_at = {grade_id(c): i for i, c in enumerate(submitted.cells) if kind(c) == "answer"}
@@ -335,16 +337,26 @@ def graded_notebook(submitted, source_nb, blobs, names):
             gid = grade_id(cell)
             i = answer_at.get(gid)
             carried = names.get(i) if i is not None else sorted(bound_names(cell.source) or ())
-            blob = blobs.get(i)
-            nb_b.cells.append(_generated(
-                f'__import__("coursekit.nbcarry").nbcarry.bind(globals(), {blob!r}, {carried!r})'
-                "  # inserted by the grader", answer=gid))
+            nb_b.cells.append(_generated(_bind_source(None, carried), answer=gid, index=i, names=carried))
         elif k == "graded" and grade_id(cell) in graded_at:
             i = graded_at.pop(grade_id(cell))
             nb_b.cells.append(_generated(nbguard.RESTORE))
             where[len(nb_b.cells)] = i
             nb_b.cells.append(copy.deepcopy(submitted.cells[i]))
     return nb_b, where
+
+
+def _bind_source(blob, names):
+    return (f'__import__("coursekit.nbcarry").nbcarry.bind(globals(), {blob!r}, {names!r})'
+            "  # inserted by the grader")
+
+
+def fill_bind_cell(cell, blobs):
+    """Put the carried data into a bind cell of kernel B's notebook (no-op for
+    any other cell). `blobs` is called (it waits for kernel A) only here."""
+    marks = cell.get("metadata", {}).get(MARK)
+    if isinstance(marks, dict) and "answer" in marks:
+        cell.source = _bind_source(blobs().get(marks["index"]), list(marks["names"]))
 
 
 def merge(submitted, runs):
@@ -384,38 +396,57 @@ def read_blobs(folder, harvests):
     return blobs
 
 
-def run_separately(submitted, source_nb, run, path):
-    """The whole scheme with `run(nb, folder)` executing a notebook in a fresh
-    kernel whose working folder is `folder` (returns the executed notebook;
-    may raise if the kernel dies). Returns the merged notebook."""
+def run_separately(submitted, source_nb, run_answers, run_graded, path):
+    """The whole scheme. `run_answers(nb, folder)` executes a notebook in a
+    fresh kernel whose working folder is `folder` and returns it (it may
+    raise); `run_graded(nb, folder, before_cell)` does the same, calling
+    `before_cell(cell)` before it executes each cell. Kernel A runs in a
+    thread while kernel B starts and runs the cells before the first answer;
+    B waits for A only at its first bind cell. Returns the merged notebook."""
     plan = answers_notebook(submitted, source_nb)
-    runs, blobs, names = [], {}, {}
+    runs, names, done = [], {}, {}
+    thread = None
     if plan is not None:
         nb_a, where_a, harvests = plan
         names = {i: n for i, (_, n) in harvests.items()}
         scratch = tempfile.mkdtemp(prefix="course-answers-")
         # Three levels down, as autograded/<student>/<lesson>: a path walk up from it ends in scratch.
         folder = os.path.join(scratch, "answers", "kernel", os.path.basename(os.path.abspath(path)) or "nb")
-        try:
-            shutil.copytree(path, folder, symlinks=True, ignore=shutil.ignore_patterns(HARVEST_DIR))
+
+        def kernel_a():
             started = time.perf_counter()
+            executed = nb_a
             try:
-                nb_a = run(nb_a, folder)
+                shutil.copytree(path, folder, symlinks=True, ignore=shutil.ignore_patterns(HARVEST_DIR))
+                executed = run_answers(nb_a, folder)
             except Exception as err:  # the student's kernel died or failed: what it saved so far counts
                 print(f"nbcarry: the answers' kernel stopped: {type(err).__name__}: {str(err)[-500:]}")
-            runs.append((nb_a, where_a))
-            blobs = read_blobs(folder, harvests)
-            _debug(f"answers' kernel: {len(nb_a.cells)} cells, {time.perf_counter() - started:.1f} s")
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    nb_b, where_b = graded_notebook(submitted, source_nb, blobs, names)
+            finally:
+                done["blobs"] = read_blobs(folder, harvests)
+                done["run"] = (executed, where_a)
+                shutil.rmtree(scratch, ignore_errors=True)
+                _debug(f"answers' kernel: {len(nb_a.cells)} cells, {time.perf_counter() - started:.1f} s")
+
+        thread = threading.Thread(target=kernel_a, name="nbcarry-answers", daemon=True)
+        thread.start()
+
+    def blobs():
+        if thread is not None:
+            thread.join()
+        return done.get("blobs", {})
+
+    nb_b, where_b = graded_notebook(submitted, source_nb, names)
     started = time.perf_counter()
     try:
-        nb_b = run(nb_b, path)
+        nb_b = run_graded(nb_b, path, lambda cell: fill_bind_cell(cell, blobs))
     except (DeadKernelError, CellTimeoutError) as err:  # the cells it did not reach score 0 (merge)
         print(f"nbcarry: the graded cells' kernel stopped: {type(err).__name__}: {str(err)[:200]}")
-    runs.append((nb_b, where_b))
+    finally:
+        blobs()  # kernel A is done before anything returns
     _debug(f"graded cells' kernel: {len(nb_b.cells)} cells, {time.perf_counter() - started:.1f} s")
+    if "run" in done:
+        runs.append(done["run"])
+    runs.append((nb_b, where_b))
     return merge(submitted, runs)
 
 

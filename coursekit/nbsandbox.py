@@ -34,6 +34,22 @@ def ipykernel(argv):
     kernelapp.launch_new_instance(argv=argv)
 
 
+def _socket_folder(connection_file):
+    """The folder of an IPC kernel's sockets (its connection's ip is a path
+    prefix there), or None for TCP. Only that folder is bound in: the
+    answers' kernel of coursekit.nbcarry has its own, so it cannot reach the
+    sockets and connection file of the graded kernel running beside it."""
+    import json
+    try:
+        with open(connection_file) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if info.get("transport") != "ipc" or not info.get("ip"):
+        return None
+    return os.path.dirname(os.path.abspath(info["ip"]))
+
+
 def main(argv=None):
     argv = argv if argv is not None else sys.argv[1:]
     if argv and argv[0] == "--ipykernel":
@@ -63,7 +79,7 @@ def main(argv=None):
     # The sockets' folder must be writable (the kernel binds its sockets there);
     # it holds only connection files and sockets. The connection file may lie
     # anywhere (nbclient puts it in the system's /tmp): the kernel gets a copy.
-    ipc = os.environ.get("COURSE_NB_IPC_DIR") or tempfile.mkdtemp(prefix="kernel-")
+    ipc = _socket_folder(connection_file) or os.environ.get("COURSE_NB_IPC_DIR") or tempfile.mkdtemp(prefix="kernel-")
     copy = os.path.join(ipc, "connection-" + os.path.basename(connection_file))
     shutil.copyfile(connection_file, copy)
     inner[inner.index(connection_file)] = copy

@@ -110,16 +110,25 @@ def execute(nb, impl, *, allow_errors=False, timeout=300, extra_path=None, separ
     if extra_path:
         env["PYTHONPATH"] = os.pathsep.join([str(extra_path), os.environ.get("PYTHONPATH", "")])
 
-    def run(notebook, folder):
-        client = NotebookClient(notebook, config=config, timeout=timeout, kernel_name=KERNEL_NAME,
-                                allow_errors=allow_errors, resources={"metadata": {"path": str(folder)}})
+    class Client(NotebookClient):
+        before_cell = None
+
+        async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
+            if self.before_cell is not None:
+                self.before_cell(cell)
+            return await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+
+    def run(notebook, folder, before_cell=None):
+        client = Client(notebook, config=config, timeout=timeout, kernel_name=KERNEL_NAME,
+                        allow_errors=allow_errors, resources={"metadata": {"path": str(folder)}})
+        client.before_cell = before_cell
         client.execute()
         return notebook
 
     with _environment(**env):
         if separate:
             from coursekit import nbcarry
-            return nbcarry.run_separately(nb, nb, run, NOTEBOOKS)
+            return nbcarry.run_separately(nb, nb, run, run, NOTEBOOKS)
         return run(nb, NOTEBOOKS)
 
 

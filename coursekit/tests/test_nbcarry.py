@@ -99,8 +99,12 @@ def test_kernel_a_gets_answers_and_what_they_need_not_graded_cells(tmp_path):
     nb_a, where, harvests = nbcarry.answers_notebook(nb, source)
     assert sorted(where.values()) == [1, 2, 4]
     assert list(harvests.values()) == [(f"{nbcarry.HARVEST_DIR}/0.pt", ["v"])]
-    nb_b, where_b = nbcarry.graded_notebook(nb, source, {4: blob({"v": 6.28})}, {4: ["v"]})
+    nb_b, where_b = nbcarry.graded_notebook(nb, source, {4: ["v"]})
+    data = blob({"v": 6.28})
+    for c in nb_b.cells:
+        nbcarry.fill_bind_cell(c, lambda: {4: data})
     text = "\n".join(c.source for c in nb_b.cells)
+    assert data in text
     assert "helper = 3" not in text and "BEGIN SOLUTION" not in text
     assert list(where_b.values()) == [1, 2, 3, 5]       # the trusted cells' outputs and the graded cell
 
