@@ -13,7 +13,8 @@ instructor/nbgrader/nbgrader_config.py) runs two kernels per notebook:
 - kernel A, in a throw-away copy of the notebook's folder, runs the submitted
   answer cells and the other submitted cells they need (by name: the cells
   that bind what the answer cells read, transitively, and the first code
-  cell), never the graded cells. After each answer cell a generated cell
+  cell; a graded cell only if an answer reads a name it binds: its outputs
+  there are dropped). After each answer cell a generated cell
   saves that answer's names as data: numbers, strings, bools, None, lists,
   tuples and dicts of these, exact `torch.Tensor`s (torch.save). The names
   are those the instructor's answer binds (the source notebook's cell with
