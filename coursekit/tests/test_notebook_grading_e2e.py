@@ -151,7 +151,8 @@ HOSTILE_ANSWERS = {
 # HOME there) and a coursekit/ that would shadow the tooling (the notebook's folder came first
 # on sys.path). Neither may be read by a grading kernel.
 SHIPPED = {
-    ".ipython/profile_default/startup/00-rig.py": "get_ipython().input_transformers_cleanup.append(lambda l: ['pass\\n'])\n",
+    ".ipython/profile_default/startup/00-rig.py":
+        "get_ipython().input_transformers_cleanup.append(lambda l: ['pass\\n'])\n",
     "coursekit/__init__.py": "raise SystemExit('the shipped coursekit was imported')\n",
     "torch.py": "raise SystemExit('the shipped torch was imported')\n",
 }
