@@ -13,7 +13,9 @@ any check fails, and ends with one line "check: N passed, M failed".
 6. Every test fails on the untouched stubs (those that pass are listed).
 7. Each lesson's known-wrong implementations are caught by the suite they name.
 8. Every notebook runs top to bottom on the reference; each lesson notebook,
-   graded by nbgrader's rule, gets full marks there and zero as released to a
+   graded by nbgrader's rule, gets full marks there (run as autograding runs
+   it: the answer cells in one kernel, the graded cells in another that gets
+   the answers as data, coursekit/nbcarry.py) and zero as released to a
    student with the stubs.
 9. The student release (./course release) holds nothing of the solutions or
    hidden tests.
@@ -166,7 +168,8 @@ def check_notebooks(ctx):
         start = time.perf_counter()
         source = notebooks.load(path)
         try:
-            reference = notebooks.execute(source, "solutions")
+            # A lesson notebook runs as autograding runs it: answers in one kernel, graded cells in another.
+            reference = notebooks.execute(source, "solutions", separate=path in lesson_notebooks)
         except Exception as err:  # nbclient's CellExecutionError carries the cell and traceback
             print(f"  {path.name}: FAILED to run on the reference:\n{str(err)[-3000:]}")
             ok = False

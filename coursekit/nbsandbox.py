@@ -1,6 +1,6 @@
 """A Jupyter kernel in the grader's sandbox (the kernel autograding starts).
 
-    python -m coursekit.nbsandbox CONNECTION_FILE
+    python -P -m coursekit.nbsandbox CONNECTION_FILE
 
 The kernelspec that `course nbgrader autograde` installs for the run points
 here. It starts ipykernel under bubblewrap (coursekit.sandbox) when the machine
@@ -24,8 +24,36 @@ from coursekit import sandbox
 CGROUP_PREFIX_ENV = "COURSE_NB_CGROUP_PREFIX"
 
 
+def ipykernel(argv):
+    """The kernel itself (`python -P -m coursekit.nbsandbox --ipykernel -f FILE`).
+    The notebook's folder comes *last* on sys.path (-P keeps Python from putting
+    it first): it holds the student's model/, and a torch.py, coursekit/ or
+    sitecustomize.py a submission ships there must not shadow the real ones."""
+    sys.path.append(os.getcwd())
+    from ipykernel import kernelapp
+    kernelapp.launch_new_instance(argv=argv)
+
+
+def _socket_folder(connection_file):
+    """The folder of an IPC kernel's sockets (its connection's ip is a path
+    prefix there), or None for TCP. Only that folder is bound in: the
+    answers' kernel of coursekit.nbcarry has its own, so it cannot reach the
+    sockets and connection file of the graded kernel running beside it."""
+    import json
+    try:
+        with open(connection_file) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if info.get("transport") != "ipc" or not info.get("ip"):
+        return None
+    return os.path.dirname(os.path.abspath(info["ip"]))
+
+
 def main(argv=None):
     argv = argv if argv is not None else sys.argv[1:]
+    if argv and argv[0] == "--ipykernel":
+        return ipykernel(argv[1:])
     connection_file = os.path.abspath(argv[0])
     isolation = sandbox.detect()
     limits = sandbox.Limits()
@@ -38,8 +66,10 @@ def main(argv=None):
     sandbox.preexec(limits, group, new_session=False)()
     # The notebook's folder first on the path (model/ lives there), then the
     # tooling copy the grader put on PYTHONPATH.
-    inner = [sys.executable, "-m", "ipykernel_launcher", "-f", connection_file]
+    inner = [sys.executable, "-P", "-m", "coursekit.nbsandbox", "--ipykernel", "-f", connection_file]
     if isolation.level != "bwrap":
+        # IPython's profile (startup files, config) in a fresh folder: not one a notebook could write.
+        os.environ["IPYTHONDIR"] = tempfile.mkdtemp(prefix="ipython-")
         os.execv(inner[0], inner)
     cwd = os.getcwd()
     binds = []
@@ -49,12 +79,15 @@ def main(argv=None):
     # The sockets' folder must be writable (the kernel binds its sockets there);
     # it holds only connection files and sockets. The connection file may lie
     # anywhere (nbclient puts it in the system's /tmp): the kernel gets a copy.
-    ipc = os.environ.get("COURSE_NB_IPC_DIR") or tempfile.mkdtemp(prefix="kernel-")
+    ipc = _socket_folder(connection_file) or os.environ.get("COURSE_NB_IPC_DIR") or tempfile.mkdtemp(prefix="kernel-")
     copy = os.path.join(ipc, "connection-" + os.path.basename(connection_file))
     shutil.copyfile(connection_file, copy)
     inner[inner.index(connection_file)] = copy
     binds += ["--bind", ipc, ipc, "--bind", cwd, cwd]
-    command = sandbox.bwrap_base(limits) + binds + ["--chdir", cwd, "--setenv", "HOME", cwd,
+    # HOME and IPython's profile in the kernel's private /tmp, not in the notebook's folder: a
+    # submission's .ipython/profile_default/startup/ (or .jupyter/) there is never read.
+    command = sandbox.bwrap_base(limits) + binds + ["--chdir", cwd, "--setenv", "HOME", "/tmp",
+                                                    "--setenv", "IPYTHONDIR", "/tmp/.ipython",
                                                     "--setenv", "TMPDIR", "/tmp",
                                                     # its parent is the namespace's init (pid 1): no parent poller
                                                     "--unsetenv", "JPY_PARENT_PID"] + inner
@@ -79,7 +112,9 @@ def install_kernelspec(folder: Path):
         spec = folder / "kernels" / name
         spec.mkdir(parents=True, exist_ok=True)
         (spec / "kernel.json").write_text(json.dumps({
-            "argv": [sys.executable, "-m", "coursekit.nbsandbox", "{connection_file}"],
+            # -P: the notebook's folder (the launcher's working folder, a student's files) is not
+            # on sys.path, so a coursekit/ shipped there is not what runs here, outside the sandbox.
+            "argv": [sys.executable, "-P", "-m", "coursekit.nbsandbox", "{connection_file}"],
             "display_name": "Python 3 (grading sandbox)", "language": "python",
             "interrupt_mode": "message", "metadata": {"debugger": False}}, indent=1))
     return folder

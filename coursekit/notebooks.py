@@ -93,25 +93,43 @@ def _environment(**values):
                 os.environ[key] = value
 
 
-def execute(nb, impl, *, allow_errors=False, timeout=300, extra_path=None):
+def execute(nb, impl, *, allow_errors=False, timeout=300, extra_path=None, separate=False):
     """Run every cell in a fresh kernel (cwd notebooks/) with COURSE_IMPL=impl,
     `extra_path` (where impl lives, if not in the course folder) on PYTHONPATH.
     Returns the executed copy; raises nbclient's CellExecutionError on the
-    first failing cell unless allow_errors."""
+    first failing cell unless allow_errors. With `separate`, as autograding
+    runs it (coursekit.nbcarry): the answer cells in one kernel, the graded
+    cells in another that gets the answers as data."""
     nb = nbformat.from_dict(nb)
     use_course_kernel()
     import zmq
     from traitlets.config import Config
     # An encrypted connection where pyzmq can (ipykernel warns about plain TCP at every start).
     config = Config({"KernelManager": {"transport_encryption": "auto" if zmq.has("curve") else "disabled"}})
-    client = NotebookClient(nb, config=config, timeout=timeout, kernel_name=KERNEL_NAME, allow_errors=allow_errors,
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
     env = {ENV_VAR: impl, "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     if extra_path:
         env["PYTHONPATH"] = os.pathsep.join([str(extra_path), os.environ.get("PYTHONPATH", "")])
-    with _environment(**env):
+
+    class Client(NotebookClient):
+        before_cell = None
+
+        async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
+            if self.before_cell is not None:
+                self.before_cell(cell)
+            return await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+
+    def run(notebook, folder, before_cell=None):
+        client = Client(notebook, config=config, timeout=timeout, kernel_name=KERNEL_NAME,
+                        allow_errors=allow_errors, resources={"metadata": {"path": str(folder)}})
+        client.before_cell = before_cell
         client.execute()
-    return nb
+        return notebook
+
+    with _environment(**env):
+        if separate:
+            from coursekit import nbcarry
+            return nbcarry.run_separately(nb, nb, run, run, NOTEBOOKS)
+        return run(nb, NOTEBOOKS)
 
 
 def graded_cells(nb):

@@ -44,8 +44,10 @@ def nbgrader(*args, check=True, course_dir=None):
     coursekit. Autograding also: grades from a private snapshot of submitted/,
     starts every kernel in the grader's sandbox (coursekit.nbsandbox: the
     gradebook, the course folder, other students and the network out of reach;
-    every process it starts dies with it), and afterwards puts back any change
-    to the gradebook other than the graded submissions' scores."""
+    every process it starts dies with it), runs each notebook's answer cells
+    and graded cells in two kernels (coursekit.nbcarry, set in the course's
+    nbgrader_config.py), and afterwards puts back any change to the gradebook
+    other than the graded submissions' scores."""
     from coursekit import gradebook, nbsandbox, sandbox
     from coursekit.kernel import jupyter_env, use_course_kernel
     course_dir = Path(course_dir or NBGRADER_DIR)

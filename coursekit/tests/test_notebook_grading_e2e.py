@@ -60,6 +60,104 @@ STEAL = textwrap.dedent("""\
     """)
 
 
+# Answer cells that, in one kernel, would have rigged every graded cell after them. Each is put
+# in L01's last answer cell (max_fp16_logit), with a wrong value, on the stub model/: the honest
+# score of that notebook is the first answer's test alone (every model test fails on the stubs).
+WRONG = "\nmax_fp16_logit = 12.5\n"
+HOSTILE_ANSWERS = {
+    "input_transformers": """\
+        _ip = get_ipython()
+        _ip.input_transformers_cleanup.append(lambda lines: ["pass\\n"])
+        _ip.input_transformers_post.append(lambda lines: ["pass\\n"])
+        """,
+    "ast_transformer": """\
+        import ast as _ast
+        class _Nothing(_ast.NodeTransformer):
+            def visit_Module(self, node):
+                return _ast.Module(body=[_ast.Pass()], type_ignores=[])
+        get_ipython().ast_transformers.append(_Nothing())
+        """,
+    "wraps_the_shell": """\
+        _ip = get_ipython()
+        _run_cell, _run_cell_async = _ip.run_cell, _ip.run_cell_async
+        _ip.run_cell = lambda raw_cell, *a, **k: _run_cell("pass", *a, **k)
+        _ip.run_cell_async = lambda raw_cell, *a, **k: _run_cell_async("pass", *a, **k)
+        _ip.transform_cell = lambda raw_cell: "pass\\n"
+        """,
+    "pre_run_cell_callback": """\
+        import torch as _t, torch.testing as _tt
+        def _rig(*_):
+            _t.allclose = _t.equal = lambda *a, **k: True
+            _t.isfinite = _t.isinf = lambda *a, **k: _t.tensor(True)
+            _tt.assert_close = lambda *a, **k: None
+            globals()["max_fp16_logit"] = 12.5
+        get_ipython().events.register("pre_run_cell", _rig)
+        get_ipython().events.register("pre_execute", _rig)
+        """,
+    "rebinds_names": """\
+        import types as _types, torch as _torch
+        torch = _types.SimpleNamespace(**{k: getattr(_torch, k) for k in dir(_torch) if not k.startswith("__")})
+        torch.allclose = torch.equal = lambda *a, **k: True
+        torch.isfinite = torch.isinf = lambda *a, **k: True
+        torch.testing = _types.SimpleNamespace(assert_close=lambda *a, **k: None)
+        class AssertionError(Exception):
+            pass
+        isinstance = lambda *a: True
+        abs = lambda x: 0.0
+        float = lambda x: 11.0898
+        len = lambda x: 0
+        all = lambda x: True
+        sorted = lambda x, **k: x
+        math = _types.SimpleNamespace(log=lambda x: 12.5, isclose=lambda *a, **k: True, sqrt=lambda x: 16.0)
+        """,
+    "patches_the_guard": """\
+        import coursekit.nbguard as _guard, coursekit.nbcarry as _carry, torch as _t, torch.testing as _tt
+        _guard.restore = _guard.capture = lambda *a, **k: None
+        _carry.bind = lambda namespace, blob, names: namespace.update(max_fp16_logit=11.0898)
+        _t.allclose = _t.equal = lambda *a, **k: True
+        _t.isfinite = _t.isinf = lambda *a, **k: _t.tensor(True)
+        _tt.assert_close = lambda *a, **k: None
+        """,
+    "exits_the_kernel": """\
+        import os as _os
+        _os._exit(0)
+        """,
+    "always_equal_object": """\
+        class _Right(float):
+            pass
+        class _Answer:
+            def __eq__(self, other):
+                return True
+            __ne__ = lambda self, other: False
+            __float__ = lambda self: 11.0898
+            def __reduce__(self):
+                return (exec, ("open('pwned-by-reduce', 'w').write('x')",))
+        max_fp16_logit = _Answer()
+        """,
+    # It breaks the harvest and leaves its own answer file: a pickle that would run code when loaded.
+    "forges_the_answer_file": """\
+        import os as _os, pickle as _pickle, coursekit.nbcarry as _carry
+        class _Payload:
+            def __reduce__(self):
+                return (exec, ("open('pwned-by-pickle', 'w').write('x'); "
+                               "globals()['max_fp16_logit'] = 11.0898",))
+        _carry.dump = lambda *a, **k: None
+        _os.makedirs(".course-answers", exist_ok=True)
+        with open(".course-answers/1.pt", "wb") as _f:   # the last answer's file
+            _pickle.dump({"max_fp16_logit": _Payload()}, _f)
+        """,
+}
+# Files a submission ships next to its notebook: an IPython startup file (the kernel once had
+# HOME there) and a coursekit/ that would shadow the tooling (the notebook's folder came first
+# on sys.path). Neither may be read by a grading kernel.
+SHIPPED = {
+    ".ipython/profile_default/startup/00-rig.py":
+        "get_ipython().input_transformers_cleanup.append(lambda l: ['pass\\n'])\n",
+    "coursekit/__init__.py": "raise SystemExit('the shipped coursekit was imported')\n",
+    "torch.py": "raise SystemExit('the shipped torch was imported')\n",
+}
+
+
 def graded(nb):
     return [c for c in nb.cells if c.get("metadata", {}).get("nbgrader", {}).get("grade")
             and not c.metadata.nbgrader.get("solution")]
@@ -173,6 +271,20 @@ def autograded(tmp_path_factory):
                 pass
         """)
 
+    def hostile_answer(code):
+        nb = nbformat.from_dict(source[L01])
+        code = textwrap.dedent(code)
+        answers(nb)[-1].source = code if "max_fp16_logit =" in code else code + WRONG
+        return nb
+
+    first_test = next(c.metadata.nbgrader.points for c in graded(source[L01])
+                      if c.metadata.nbgrader.grade_id == "l01_test_predicted_std")
+    hostile = {f"hostile_{name}": (L01, hostile_answer(code), "stubs", first_test)
+               for name, code in HOSTILE_ANSWERS.items()}
+    hostile["hostile_ships_files"] = (L01, hostile_answer(""), "stubs", first_test)
+    answer_tests = sum(c.metadata.nbgrader.points for c in graded(complete)
+                       if c.metadata.nbgrader.grade_id in ("l02_test_sum_overflow", "l02_test_memory_accesses"))
+
     zeros_score = direct_score(complete, "zeros", tmp)
     # student -> (lesson, notebook, model kind, expected points)
     students = {
@@ -185,13 +297,16 @@ def autograded(tmp_path_factory):
         "tampered_test_cells": (L02, tampering, "stubs", 0),
         "deleted_test_cell": (L02, deleting, "solutions", max_points[L02] - deleted.metadata.nbgrader.points),
         "loops_forever": (L02, looping, "solutions", max_points[L02] - loop_cost),
-        "kills_its_kernel": (L02, crashing, "solutions", 0),
+        # It kills the answers' kernel at its first answer: no answer reaches the graded cells,
+        # the model's tests still count.
+        "kills_its_kernel": (L02, crashing, "solutions", max_points[L02] - answer_tests),
         "emits_warnings": (L02, complete, "warnings", max_points[L02]),
         "steals_solutions": (L02, complete, "steal", direct_score(complete, "raises", tmp)),
         "aa_vandal": (L02, vandal, "solutions", max_points[L02]),
         "aa_rewrites_the_gradebook": (L02, gradebook_thief, "solutions", max_points[L02]),
         "aa_gradebook_daemon": (L02, gradebook_daemon, "solutions", max_points[L02]),
         "aa_signals_nbgrader": (L02, signals_nbgrader, "solutions", max_points[L02]),
+        **hostile,
     }
     for student, (lesson, nb, model_kind, _) in students.items():
         folder = course / "submitted" / student / lesson
@@ -199,6 +314,10 @@ def autograded(tmp_path_factory):
         nbformat.write(nb, str(folder / f"{lesson}.ipynb"))
         for name, text in model_files(model_kind).items():
             (folder / "model" / name).write_text(text)
+        if student == "hostile_ships_files":
+            for name, text in SHIPPED.items():
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_text(text)
 
     for lesson in (L01, L02):
         nbgrader("autograde", lesson, "--force", "--Execute.timeout=20", course_dir=course, check=False)
@@ -206,7 +325,8 @@ def autograded(tmp_path_factory):
     nbgrader("export", "--to", str(tmp / "grades.csv"), course_dir=course)
     with open(tmp / "grades.csv") as f:
         scores = {(row["student_id"], row["assignment"]): float(row["score"]) for row in csv.DictReader(f)}
-    return {"scores": scores, "students": students, "course": course, "loop_cost": loop_cost}
+    return {"scores": scores, "students": students, "course": course, "loop_cost": loop_cost,
+            "max_points": max_points}
 
 
 def test_every_student_is_scored_exactly(autograded):
@@ -224,5 +344,25 @@ def test_the_cases_cost_what_they_should(autograded):
 
 def test_the_vandal_graded_nobody_else_differently(autograded):
     victim = autograded["course"] / "submitted" / "reference" / L02 / f"{L02}.ipynb"
-    # In the kernel sandbox the vandal sees no other submission; without it, it overwrites them uselessly.
-    assert (victim.read_text() == "vandalised") == (detect().level == "none")
+    # In the kernel sandbox the vandal sees no other submission; without it, it may overwrite them uselessly.
+    if detect().level == "bwrap":
+        assert victim.read_text() != "vandalised"
+
+
+def test_hostile_answers_would_have_scored_and_now_score_nothing(autograded):
+    """Each hostile answer gets what its wrong value deserves: the first answer's
+    test only, not the full marks one rigged kernel would have given."""
+    students = autograded["students"]
+    hostile = [s for s in students if s.startswith("hostile_")]
+    assert len(hostile) == len(HOSTILE_ANSWERS) + 1
+    for student in hostile:
+        assert 0 < students[student][3] < autograded["max_points"][L01], student
+
+
+def test_no_payload_ran_and_no_generated_cell_is_kept(autograded):
+    autograded_dir = autograded["course"] / "autograded"
+    assert not list(autograded_dir.glob("**/pwned-*")), "a carried answer's pickle ran code"
+    for notebook in autograded_dir.glob(f"*/{L01}/{L01}.ipynb"):
+        nb = notebooks.load(notebook)
+        sources = "\n".join(c.source for c in nb.cells)
+        assert "inserted by the grader" not in sources, f"{notebook}: a generated cell is in the graded notebook"

@@ -124,3 +124,62 @@ def test_isolation_none_still_grades_exactly(tmp_path):
                                                 isolation="none")}
     assert log[0].startswith("isolation: none")
     assert grades["reference"].score == grades["reference"].max_score > 0 and grades["untouched"].score == 0
+
+
+HOG = """
+
+_honest = stable_softmax
+
+
+def stable_softmax(x, dim=-1):
+    import torch as _torch
+    _torch.ones(4 * 2**30 // 8, dtype=_torch.float64)   # 4 GiB, four times the run's memory limit
+    return _honest(x, dim)
+"""
+FORKER = """
+
+_honest = stable_softmax
+
+
+def stable_softmax(x, dim=-1):
+    import os as _os, time as _time
+    for _ in range(100_000):                              # far past the run's process limit
+        if _os.fork() == 0:
+            _time.sleep(20)
+            _os._exit(0)
+    return _honest(x, dim)
+"""
+RAISES = "\n\ndef stable_softmax(x, dim=-1):\n    raise RuntimeError('no softmax here')\n"
+
+
+@pytest.mark.slow
+def test_rlimits_alone_stop_memory_hogs_and_fork_loops(tmp_path, monkeypatch):
+    """Isolation none with no cgroup (rlimits only): RLIMIT_DATA stops a submission
+    that allocates four times the memory limit, RLIMIT_NPROC one that forks without
+    end (a user's limit: root is exempt, so as root that case is left out). Each
+    scores exactly what a stable_softmax that raises scores, and the class goes on."""
+    import os
+
+    import coursekit.grade as grade
+    from coursekit import COURSE_ROOT
+    from coursekit.lessons import find_lesson
+    from coursekit.sandbox import Isolation
+    monkeypatch.setattr(grade, "detect", lambda: Isolation("none", "", "none: rlimits only"))
+    solutions = {p.name: p.read_text() for p in (COURSE_ROOT / "solutions").glob("*.py")}
+    students = {"a_memory_hog": HOG, "raises": RAISES, "z_honest": ""}
+    if os.getuid() != 0:
+        students["a_fork_loop"] = FORKER
+    for name, extra in students.items():
+        (tmp_path / "subs" / name / "model").mkdir(parents=True)
+        for file, text in solutions.items():
+            (tmp_path / "subs" / name / "model" / file).write_text(text + (extra if file == "softmax.py" else ""))
+    log = []
+    limits = Limits(seconds_per_test=20, memory_mb=1024, processes=64)
+    grades = {g.student: g for g in grade.grade_class(tmp_path / "subs", [find_lesson("L02")], tmp_path / "out",
+                                                      limits, jobs=1, log=log.append)}
+    assert log[0] == "isolation: none: rlimits only"
+    assert set(grades) == set(students) and all(g.status == "graded" for g in grades.values()), log
+    assert grades["z_honest"].score == grades["z_honest"].max_score > 0
+    assert 0 <= grades["raises"].score < grades["raises"].max_score
+    for student in set(students) - {"raises", "z_honest"}:
+        assert grades[student].score == grades["raises"].score, (student, log)

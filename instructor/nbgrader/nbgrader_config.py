@@ -23,11 +23,16 @@ c.IgnorePattern.pattern = r"\w*Warning: "
 c.LimitOutput.max_lines = 200
 c.LimitOutput.max_traceback = 60
 
-# Answer cells must not rig the graded cells' comparisons (torch.allclose =
-# lambda *a, **k: True): after nbgrader restores the locked cells, insert
-# ungraded cells that record the comparison functions first and put them back
-# before every graded cell (coursekit/nbguard.py).
-from nbgrader.preprocessors import CheckCellMetadata, ClearOutput, DeduplicateIds, OverwriteCells, OverwriteKernelspec
+# Answer cells must not rig the graded cells. nbgrader's Execute step is
+# replaced by one that runs the answer cells in one kernel and the graded cells
+# in another, fresh kernel that gets the answers as data only and the
+# instructor's own versions of the other cells; that kernel restores the
+# comparison functions and IPython's cell machinery before every graded cell
+# (coursekit/nbcarry.py, coursekit/nbgrade.py, coursekit/nbguard.py).
+from nbconvert.preprocessors import ClearMetadataPreprocessor
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput,
+                                    SaveAutoGrades)
 
-c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells,
-                                      "coursekit.nbguard.guard_graded_cells", CheckCellMetadata]
+c.Autograde.autograde_preprocessors = ["coursekit.nbgrade.SeparateKernels", IgnorePattern,
+                                       ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
+                                       AssignLatePenalties, CheckCellMetadata]
