@@ -18,8 +18,8 @@ import math
 import pytest
 import torch
 
-from coursekit.reference import decoder_visible_ref, minmax_groups_ref, rope_rotate_ref
-from coursekit.testing import assert_close, assert_rejects, randn
+from coursekit.reference import decode_attention_ref, decoder_visible_ref, minmax_groups_ref, rope_rotate_ref
+from coursekit.testing import assert_close, assert_never_materialises, assert_rejects, randn
 from coursekit.training import make_model
 
 pytestmark = pytest.mark.basic
@@ -351,3 +351,156 @@ def test_rerotate_composes_rotations(impl):
     got = impl.kv_eviction.rerotate(rotated, p, p2)
     assert_close(got.double(), rope_rotate_ref(k, p2), atol=1e-5, rtol=1e-5,
                  what="rerotate(rotate(k, p), p -> p')", hint="rotate by the angle of p' - p: R(p') = R(p' - p) R(p)")
+
+
+# ===========================================================================
+# Part 4: decode attention over the quantized cache in Triton (kv_quant_triton).
+# On a CUDA machine it runs on the GPU; without one, on CPU tensors under
+# TRITON_INTERPRET=1 (the plugin sets it): shapes stay small. The codes, scales
+# and zero points are built here from torch primitives in the documented format
+# (not by quantize), and the expected values are attention over the cache
+# dequantized by the formula code * scale + zero, in float64.
+# ===========================================================================
+ZERO_HINT = "dequantize as code * scale + zero: without the zero point every group's grid starts at 0"
+NIBBLE_HINT = ("packed codes: element j of a row is in byte j // (8 // bits), the FIRST element in the LOW bits "
+               "(byte j of 4-bit codes holds channels 2j (low nibble) and 2j + 1 (high nibble))")
+KEY_STATS_HINT = ("keys are grouped PER CHANNEL along the tokens: key n, channel d uses k.scale[..., n // Gk, d] and "
+                  "k.zero[..., n // Gk, d]; values PER TOKEN: v.scale[..., n, d // Gv]")
+
+
+def pack_ref(codes, bits):
+    """Integer codes (..., N) -> uint8 (..., ceil(N * bits / 8)), element j in byte j // (8 // bits) at bit
+    (j % (8 // bits)) * bits: the documented layout, from torch primitives."""
+    per_byte = 8 // bits
+    n = codes.shape[-1]
+    codes = torch.nn.functional.pad(codes, (0, (-n) % per_byte))
+    fields = codes.reshape(*codes.shape[:-1], -1, per_byte)  # (..., bytes, per_byte)
+    shifts = torch.arange(per_byte) * bits
+    return (fields << shifts).sum(-1).to(torch.uint8)
+
+
+def dequantize_ref(qx):
+    """x_hat (float64, qx.shape) of a QuantizedTensor by the documented formula: unpack the codes (element j
+    of a row from byte j // (8 // bits), bits (j % (8 // bits)) * bits upwards), then code * scale + zero
+    with each element's group along qx.dim."""
+    per_byte = 8 // qx.bits
+    shifts = torch.arange(per_byte) * qx.bits
+    packed = qx.codes.cpu().long()
+    codes = ((packed[..., None] >> shifts) & (2 ** qx.bits - 1)).flatten(-2)[..., :qx.shape[-1]]
+    n = qx.shape[qx.dim]
+    expand = lambda t: t.cpu().double().repeat_interleave(qx.group_size, dim=qx.dim).narrow(qx.dim, 0, n)
+    return codes.double() * expand(qx.scale) + expand(qx.zero)
+
+
+def random_quantized(impl, shape, bits, dim, group_size, seed, dtype=torch.float32, device="cpu"):
+    """(QuantizedTensor, x_hat float64): random codes in [0, 2^bits), scales and zero points per group of
+    group_size indices along dim (None: the whole dim), in the layout of kv_quant.QuantizedTensor, and
+    x_hat = dequantize_ref of it."""
+    gen = torch.Generator().manual_seed(seed)
+    n = shape[dim]
+    g = n if group_size is None else group_size
+    stats_shape = list(shape)
+    stats_shape[dim] = math.ceil(n / g)
+    codes = torch.randint(0, 2 ** bits, shape, generator=gen)
+    scale = ((torch.rand(stats_shape, generator=gen) + 0.2) * 3 / (2 ** bits - 1)).to(dtype)  # group range 0.6..3.6
+    zero = (torch.randn(stats_shape, generator=gen) - 1.5).to(dtype)                           # not centred on 0
+    packed = codes.to(torch.uint8) if bits == 8 else pack_ref(codes, bits)
+    qx = impl.kv_quant.QuantizedTensor(codes=packed.to(device), scale=scale.to(device), zero=zero.to(device),
+                                       bits=bits, dim=dim % len(shape), group_size=g, shape=tuple(shape),
+                                       dtype=dtype)
+    return qx, dequantize_ref(qx)
+
+
+QUANT_KERNEL_CASES = {
+    # name: (key bits, value bits, H, Hkv, Lq, key group (tokens), value group (channels), kv_lens, num_splits, D)
+    # T = 37 keys: not a multiple of the 16-key interpreter tile nor of any group size below
+    "int8_mha_groups_of_16": (8, 8, 4, 4, 1, 16, None, None, None, 16),
+    "int4_gqa_ragged_groups_of_5": (4, 4, 4, 2, 1, 5, 4, [0, 20, 37], 3, 16),
+    "int4_mqa_groups_of_32": (4, 4, 4, 1, 1, 32, None, [37, 1, 30], 2, 16),
+    "int8_keys_int4_values_d12": (8, 4, 4, 2, 1, 7, 3, [37, 11, 25], 2, 12),
+    "int2_gqa": (2, 2, 4, 2, 1, 16, 8, [23, 37, 9], 2, 16),
+    "int4_lq3_causal": (4, 4, 4, 2, 3, 16, None, [37, 2, 17], 2, 16),
+}
+
+
+def quantized_cache(impl, case, device, seed=70, dtype=torch.float32):
+    kb, vb, H, Hkv, q_len, kg, vg, lens, splits, D = QUANT_KERNEL_CASES[case]
+    B, T = 3, 37
+    q = randn(B, H, q_len, D, seed=seed, dtype=dtype, device=device)
+    k, k_hat = random_quantized(impl, (B, Hkv, T, D), kb, -2, kg, seed + 1, dtype, device)  # keys per channel
+    v, v_hat = random_quantized(impl, (B, Hkv, T, D), vb, -1, vg, seed + 2, dtype, device)  # values per token
+    return q, k, v, k_hat, v_hat, lens, splits
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("case", QUANT_KERNEL_CASES, ids=list(QUANT_KERNEL_CASES))
+def test_quantized_kernel_equals_attention_over_the_dequantized_cache(impl, triton_device, case):
+    q, k, v, k_hat, v_hat, lens, splits = quantized_cache(impl, case, triton_device)
+    kv_lens = None if lens is None else torch.tensor(lens, device=triton_device)
+    out, lse = impl.kv_quant_triton.triton_quantized_decode_attention(q, k, v, kv_lens=kv_lens, num_splits=splits)
+    want_out, want_lse = decode_attention_ref(q, k_hat, v_hat, None if lens is None else torch.tensor(lens))
+    hint = "; ".join([ZERO_HINT, NIBBLE_HINT if 4 in (k.bits, v.bits) or k.bits == 2 else "", KEY_STATS_HINT,
+                      "the rest is L10's kernel: kv_lens, splits, GQA packing, bottom-right causal"])
+    assert out.shape == q.shape and out.dtype == q.dtype, f"out is {out.dtype} {tuple(out.shape)}, want q's"
+    assert_close(out, want_out, what=f"quantized-cache out ({case})", hint=hint)
+    assert_close(lse, want_lse, what=f"quantized-cache lse ({case})", hint="lse is the natural log; " + hint)
+
+
+@pytest.mark.triton
+def test_quantized_kernel_reads_the_codes_it_is_given(impl, triton_device):
+    # Change the codes of one KV head of one row (and nothing else): exactly the G query heads that read it
+    # must change, to attention over the new codes; a kernel that reads anything but these codes (a float
+    # copy made earlier, another head's codes) cannot follow.
+    kt = impl.kv_quant_triton
+    q, k, v, k_hat, v_hat, _, _ = quantized_cache(impl, "int4_gqa_ragged_groups_of_5", triton_device, seed=80)
+    before, _ = kt.triton_quantized_decode_attention(q, k, v, num_splits=2)
+    k2, _ = random_quantized(impl, tuple(k.shape), 4, -2, 5, seed=99, device=triton_device)
+    k.codes = k.codes.clone()
+    k.codes[1, 0] = k2.codes[1, 0]                              # row 1, KV head 0: new codes, same statistics
+    k_hat = dequantize_ref(k)
+    after, _ = kt.triton_quantized_decode_attention(q, k, v, num_splits=2)
+    assert_close(after, decode_attention_ref(q, k_hat, v_hat)[0], what="out after new codes for (row 1, KV head 0)",
+                 hint="read the codes of k.codes at (b, hkv) on every call: " + NIBBLE_HINT)
+    changed = (after.cpu() != before.cpu()).flatten(2).any(-1)   # (B, H)
+    want = torch.zeros_like(changed)
+    want[1, :2] = True                                          # G = 2: query heads 0 and 1 read KV head 0
+    assert torch.equal(changed, want), (
+        f"query heads whose output changed (B, H):\n{changed.int()}\nexpected only row 1, heads 0-1 "
+        f"(GQA: query head h reads KV head h // G)")
+
+
+@pytest.mark.triton
+def test_quantized_kernel_never_builds_the_float_cache(impl, triton_device):
+    # 4-bit codes hold half as many elements as the keys they encode: dequantizing the cache before
+    # attending (quantize -> dequantize -> L10) would create a tensor of B * Hkv * T * D elements.
+    kt = impl.kv_quant_triton
+    B, H, Hkv, T, D = 2, 4, 2, 64, 16
+    q = randn(B, H, 1, D, seed=90, device=triton_device)
+    k, k_hat = random_quantized(impl, (B, Hkv, T, D), 4, -2, 16, seed=91, device=triton_device)
+    v, v_hat = random_quantized(impl, (B, Hkv, T, D), 4, -1, None, seed=92, device=triton_device)
+    out, _ = assert_never_materialises(lambda: kt.triton_quantized_decode_attention(q, k, v, num_splits=2),
+                                       B * Hkv * T * D, what="the dequantized key or value cache",
+                                       hint="unpack and dequantize each tile inside the kernel, in registers")
+    assert_close(out, decode_attention_ref(q, k_hat, v_hat)[0], what="out over a 4-bit cache")
+
+
+@pytest.mark.triton
+def test_quantized_kernel_bad_input_is_rejected(impl, triton_device):
+    kt = impl.kv_quant_triton
+    q, k, v, k_hat, v_hat, _, _ = quantized_cache(impl, "int8_mha_groups_of_16", triton_device, seed=95)
+    out, _ = kt.triton_quantized_decode_attention(q, k, v, num_splits=2)  # a valid call first
+    assert_close(out, decode_attention_ref(q, k_hat, v_hat)[0], what="out of the valid call")
+    f = kt.triton_quantized_decode_attention
+    k_per_token, _ = random_quantized(impl, tuple(k.shape), 8, -1, None, seed=96, device=triton_device)
+    v_per_channel, _ = random_quantized(impl, tuple(v.shape), 8, -2, 16, seed=97, device=triton_device)
+    v_short, _ = random_quantized(impl, (3, 4, 20, 16), 8, -1, None, seed=98, device=triton_device)
+    assert_rejects(lambda: f(q, k_hat.float(), v), "k", "QuantizedTensor")
+    assert_rejects(lambda: f(q, k_per_token, v), "k", "per channel", "dim")
+    assert_rejects(lambda: f(q, k, v_per_channel), "v", "per token", "dim")
+    assert_rejects(lambda: f(q, k, v_short), "v", "shape")
+    assert_rejects(lambda: f(q[0], k, v), "q")
+    assert_rejects(lambda: f(q.half(), k, v), "dtype", "scale", "q")
+    assert_rejects(lambda: f(q[:, :3], k, v), "heads", "q")
+    assert_rejects(lambda: f(q, k, v, num_splits=0), "num_splits")
+    assert_rejects(lambda: f(q, k, v, kv_lens=torch.tensor([38, 1, 2], device=triton_device)), "kv_lens")
+    assert_rejects(lambda: f(q, k, v, kv_lens=torch.tensor([1.0, 2.0, 3.0], device=triton_device)), "kv_lens")
