@@ -2,6 +2,7 @@
 
     python benchmarks/kv_quant_gpu.py --impl solutions --out benchmarks/results
     python benchmarks/kv_quant_gpu.py --impl solutions --smoke            # two small points, seconds
+    python benchmarks/kv_quant_gpu.py --impl solutions --sweep --out ...  # tune the tiles first
     python benchmarks/kv_quant_gpu.py --plot benchmarks/results/kv_quant_gpu.csv
 
 For B in {1, 8}, H = 32 query heads, Hkv = 8 KV heads, D = 128, cache lengths
@@ -61,10 +62,14 @@ def graphed(call):
 
 
 def reference(q, k, v):
-    """float32 attention of q over k, v (GQA by repeat_interleave inside SDPA's math backend)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    with sdpa_kernel(SDPBackend.MATH):
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True)
+    """float32 attention of q (B, H, 1, D) over k, v (B, Hkv, T, D), the G = H // Hkv heads of a group
+    batched against their KV head (no repeated copy of the cache: at B = 8, T = 128k that would be 34 GB)."""
+    B, H, _, D = q.shape
+    Hkv = k.shape[1]
+    qg = q.float().reshape(B, Hkv, H // Hkv, D)                                   # head h = hkv * G + g
+    scores = torch.einsum("bkgd,bktd->bkgt", qg, k.float()) / math.sqrt(D)      # (B, Hkv, G, T)
+    out = torch.einsum("bkgt,bktd->bkgd", torch.softmax(scores, dim=-1), v.float())
+    return out.reshape(B, H, 1, D)
 
 
 def measure_point(impl, batch, seq_len, args):
@@ -123,6 +128,39 @@ def measure_point(impl, batch, seq_len, args):
     return rows
 
 
+def sweep(impl, args):
+    """Time the quantized kernel over tile sizes, warps and pipeline stages at two shapes; print the
+    best configs and leave the best overall in GPU_CONFIG for the rest of the run."""
+    kq, kt = impl.kv_quant, impl.kv_quant_triton
+    configs = [dict(BLOCK_N=n, num_warps=w, num_stages=st) for n in (64, 128) for w, st in ((4, 3), (8, 3), (4, 4))]
+    totals = {}
+    for batch, seq_len in ((1, 65536), (8, 32768)):
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q = torch.randn(batch, HEADS, 1, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen)
+        k = torch.randn(batch, KV_HEADS, seq_len, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=gen)
+        for bits in args.bits:
+            kx, vx = kq.quantize(k, bits, dim=-2, group_size=args.key_group), kq.quantize(k, bits, dim=-1)
+            nbytes = q.nbytes + kt.quantized_kv_bytes(kx, vx)
+            for config in configs:
+                kt.GPU_CONFIG = config
+                try:
+                    t = gpu_time(graphed(lambda: kt.triton_quantized_decode_attention(q, kx, vx)), warmup_ms=5,
+                                 rep_ms=20)
+                except Exception as e:
+                    print(f"  sweep {config}: failed ({type(e).__name__}: {str(e).splitlines()[0][:80]})")
+                    continue
+                key = tuple(config.values())
+                totals.setdefault(key, []).append(t)
+                print(f"  sweep B={batch} T={seq_len} int{bits} BLOCK_N={config['BLOCK_N']:3d} "
+                      f"warps={config['num_warps']} stages={config['num_stages']}: {t * 1e6:8.1f} us "
+                      f"{nbytes / t / 1e9:6.0f} GB/s", flush=True)
+    complete = {key: sum(ts) for key, ts in totals.items() if len(ts) == max(map(len, totals.values()))}
+    if complete:
+        n, w, st = min(complete, key=complete.get)
+        kt.GPU_CONFIG = dict(BLOCK_N=n, num_warps=w, num_stages=st)
+    print("GPU_CONFIG =", kt.GPU_CONFIG, flush=True)
+
+
 def plot(csv_path, png_path):
     """us per step (left) and GB/s of bytes read (right) against T, one line per method and B."""
     import matplotlib
@@ -168,6 +206,7 @@ def main():
     parser.add_argument("--key-group", type=int, default=128, help="tokens per key group (per channel)")
     parser.add_argument("--warmup-ms", type=float, default=10)
     parser.add_argument("--rep-ms", type=float, default=40)
+    parser.add_argument("--sweep", action="store_true", help="tune the quantized kernel's tiles first")
     args = parser.parse_args()
     if args.plot:
         plot(args.plot, Path(args.plot).with_suffix(".png"))
@@ -179,7 +218,10 @@ def main():
 
     from coursekit.impl import Implementation
     impl = Implementation(args.impl)
-    print(f"{device_name()}, torch {torch.__version__}")
+    print(f"{device_name()}, torch {torch.__version__}, triton {__import__('triton').__version__}")
+    if args.sweep:
+        with torch.no_grad():
+            sweep(impl, args)
     csv_path = args.out / "kv_quant_gpu.csv" if args.out else None
     rows, start = [], time.time()
     with CsvLog(csv_path, FIELDS) as log, torch.no_grad():

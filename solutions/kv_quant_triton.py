@@ -108,8 +108,8 @@ def _unpack(packed, BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.const
         c2 = (packed >> (2 * BITS)) & ((1 << BITS) - 1)
         c3 = packed >> (3 * BITS)
         codes = tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), (BLOCK_N, BLOCK_D))
-    ### END SOLUTION
     return codes
+    ### END SOLUTION
 
 
 @triton.jit

@@ -18,7 +18,8 @@ import math
 import pytest
 import torch
 
-from coursekit.reference import decode_attention_ref, decoder_visible_ref, minmax_groups_ref, rope_rotate_ref
+from coursekit.reference import (decode_attention_ref, decoder_visible_ref, dequantize_codes_ref, minmax_groups_ref,
+                                 random_codes_ref, rope_rotate_ref)
 from coursekit.testing import assert_close, assert_never_materialises, assert_rejects, randn
 from coursekit.training import make_model
 
@@ -368,47 +369,12 @@ KEY_STATS_HINT = ("keys are grouped PER CHANNEL along the tokens: key n, channel
                   "k.zero[..., n // Gk, d]; values PER TOKEN: v.scale[..., n, d // Gv]")
 
 
-def pack_ref(codes, bits):
-    """Integer codes (..., N) -> uint8 (..., ceil(N * bits / 8)), element j in byte j // (8 // bits) at bit
-    (j % (8 // bits)) * bits: the documented layout, from torch primitives."""
-    per_byte = 8 // bits
-    n = codes.shape[-1]
-    codes = torch.nn.functional.pad(codes, (0, (-n) % per_byte))
-    fields = codes.reshape(*codes.shape[:-1], -1, per_byte)  # (..., bytes, per_byte)
-    shifts = torch.arange(per_byte) * bits
-    return (fields << shifts).sum(-1).to(torch.uint8)
-
-
-def dequantize_ref(qx):
-    """x_hat (float64, qx.shape) of a QuantizedTensor by the documented formula: unpack the codes (element j
-    of a row from byte j // (8 // bits), bits (j % (8 // bits)) * bits upwards), then code * scale + zero
-    with each element's group along qx.dim."""
-    per_byte = 8 // qx.bits
-    shifts = torch.arange(per_byte) * qx.bits
-    packed = qx.codes.cpu().long()
-    codes = ((packed[..., None] >> shifts) & (2 ** qx.bits - 1)).flatten(-2)[..., :qx.shape[-1]]
-    n = qx.shape[qx.dim]
-    expand = lambda t: t.cpu().double().repeat_interleave(qx.group_size, dim=qx.dim).narrow(qx.dim, 0, n)
-    return codes.double() * expand(qx.scale) + expand(qx.zero)
-
-
 def random_quantized(impl, shape, bits, dim, group_size, seed, dtype=torch.float32, device="cpu"):
-    """(QuantizedTensor, x_hat float64): random codes in [0, 2^bits), scales and zero points per group of
-    group_size indices along dim (None: the whole dim), in the layout of kv_quant.QuantizedTensor, and
-    x_hat = dequantize_ref of it."""
-    gen = torch.Generator().manual_seed(seed)
-    n = shape[dim]
-    g = n if group_size is None else group_size
-    stats_shape = list(shape)
-    stats_shape[dim] = math.ceil(n / g)
-    codes = torch.randint(0, 2 ** bits, shape, generator=gen)
-    scale = ((torch.rand(stats_shape, generator=gen) + 0.2) * 3 / (2 ** bits - 1)).to(dtype)  # group range 0.6..3.6
-    zero = (torch.randn(stats_shape, generator=gen) - 1.5).to(dtype)                           # not centred on 0
-    packed = codes.to(torch.uint8) if bits == 8 else pack_ref(codes, bits)
-    qx = impl.kv_quant.QuantizedTensor(codes=packed.to(device), scale=scale.to(device), zero=zero.to(device),
-                                       bits=bits, dim=dim % len(shape), group_size=g, shape=tuple(shape),
-                                       dtype=dtype)
-    return qx, dequantize_ref(qx)
+    """(kv_quant.QuantizedTensor, x_hat float64) of random codes, scales and zero points in the documented
+    layout (coursekit.reference.random_codes_ref): built without quantize."""
+    fields, x_hat = random_codes_ref(shape, bits, dim, group_size, seed=seed, dtype=dtype)
+    fields.update(codes=fields["codes"].to(device), scale=fields["scale"].to(device), zero=fields["zero"].to(device))
+    return impl.kv_quant.QuantizedTensor(**fields), x_hat
 
 
 QUANT_KERNEL_CASES = {
@@ -457,7 +423,7 @@ def test_quantized_kernel_reads_the_codes_it_is_given(impl, triton_device):
     k2, _ = random_quantized(impl, tuple(k.shape), 4, -2, 5, seed=99, device=triton_device)
     k.codes = k.codes.clone()
     k.codes[1, 0] = k2.codes[1, 0]                              # row 1, KV head 0: new codes, same statistics
-    k_hat = dequantize_ref(k)
+    k_hat = dequantize_codes_ref(k.codes, k.scale, k.zero, k.bits, k.dim, k.group_size, k.shape)
     after, _ = kt.triton_quantized_decode_attention(q, k, v, num_splits=2)
     assert_close(after, decode_attention_ref(q, k_hat, v_hat)[0], what="out after new codes for (row 1, KV head 0)",
                  hint="read the codes of k.codes at (b, hkv) on every call: " + NIBBLE_HINT)
