@@ -11,6 +11,8 @@ groups of --key-group tokens, values per token over the whole head_dim, as
 QuantizedKVCache stores them), it times in the same run, on the same q:
 
     int8, int4    impl.kv_quant_triton.triton_quantized_decode_attention (codes read, dequantized in registers)
+    int8_fold, int4_fold
+                  the same with kv_quant_triton.FOLD_STATISTICS: scales and zeros folded into q and p
     bf16          impl.decode_attention_triton.triton_decode_attention (L10's kernel, the same split-KV code)
     flash, cudnn  F.scaled_dot_product_attention pinned to that backend, enable_gqa (left out if it refuses)
 
@@ -88,12 +90,26 @@ def measure_point(impl, batch, seq_len, args):
     q_bytes = q.nbytes
 
     fns, nbytes, errors = {}, {}, {}
+    def quantized_call(kx, vx, fold):
+        def call():  # the flag is read by the launcher: a graph captured with it set replays the folded kernel
+            kt.FOLD_STATISTICS = fold
+            try:
+                return kt.triton_quantized_decode_attention(q, kx, vx)[0]
+            finally:
+                kt.FOLD_STATISTICS = False
+        return call
+
     for name, (kx, vx) in quantized.items():
-        fns[name] = lambda kx=kx, vx=vx: kt.triton_quantized_decode_attention(q, kx, vx)[0]
-        nbytes[name] = q_bytes + kt.quantized_kv_bytes(kx, vx)
         dq = reference(q, kq.dequantize(kx), kq.dequantize(vx))
-        out = fns[name]()
-        errors[name] = ((out.float() - want).abs().max().item(), (out.float() - dq).abs().max().item())
+        for fold in (False, True) if hasattr(kt, "FOLD_STATISTICS") and args.fold else (False,):
+            method = name + ("_fold" if fold else "")
+            fns[method] = quantized_call(kx, vx, fold)
+            nbytes[method] = q_bytes + kt.quantized_kv_bytes(kx, vx)
+            try:
+                out = fns[method]()
+                errors[method] = ((out.float() - want).abs().max().item(), (out.float() - dq).abs().max().item())
+            except Exception as e:  # printed by the capture below, which fails the same way
+                errors[method] = (math.nan, math.nan)
         del dq
     fns["bf16"] = lambda: dat.triton_decode_attention(q, k, v)[0]
     for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
@@ -169,8 +185,9 @@ def plot(csv_path, png_path):
 
     rows = read_csv(csv_path)
     batches = sorted({r["batch"] for r in rows})
-    methods = [m for m in ("int4", "int8", "bf16", "flash", "cudnn") if any(r["method"] == m for r in rows)]
-    style = {"int4": "tab:green", "int8": "tab:olive", "bf16": "tab:blue", "flash": "tab:purple", "cudnn": "tab:red"}
+    style = {"int4": "tab:green", "int4_fold": "lime", "int8": "tab:olive", "int8_fold": "gold", "bf16": "tab:blue",
+             "flash": "tab:purple", "cudnn": "tab:red"}
+    methods = [m for m in style if any(r["method"] == m for r in rows)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for b, ls in zip(batches, ("-", "--", ":")):
         for m in methods:
@@ -207,6 +224,8 @@ def main():
     parser.add_argument("--warmup-ms", type=float, default=10)
     parser.add_argument("--rep-ms", type=float, default=40)
     parser.add_argument("--sweep", action="store_true", help="tune the quantized kernel's tiles first")
+    parser.add_argument("--no-fold", dest="fold", action="store_false",
+                        help="do not time the folded-statistics variant (the \"_fold\" rows)")
     args = parser.parse_args()
     if args.plot:
         plot(args.plot, Path(args.plot).with_suffix(".png"))

@@ -97,6 +97,14 @@ def _unpack(packed, BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.const
 
 
 @triton.jit
+def _load_codes(c_base, stride_cn, offs_n, n_ok, BITS: tl.constexpr, NBYTES: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The codes of tokens offs_n, unpacked: uint8 (BLOCK_N, BLOCK_D). Reads BLOCK_N x NBYTES bytes
+    (NBYTES = ceil(D * BITS / 8)): the only large read of a tile. Hidden tokens and padding give code 0."""
+    raise NotImplementedError("L12: implement _load_codes in model/kv_quant_triton.py (see tutorial/L12_kv_compression/README.md)")
+
+
+@triton.jit
 def _load_key_tile(kc_base, ks_base, kz_base, stride_kcn, stride_ksg, start_n, offs_n, n_ok, offs_d, d_ok,
                    BITS: tl.constexpr, NBYTES: tl.constexpr, GROUP_N: tl.constexpr, ONE_GROUP: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -137,6 +145,7 @@ def _quantized_split_kernel(
         H, Hkv, Lq, T, S, chunk, qk_scale,
         K_BITS: tl.constexpr, K_BYTES: tl.constexpr, K_GROUP: tl.constexpr, K_ONE_GROUP: tl.constexpr,
         V_BITS: tl.constexpr, V_BYTES: tl.constexpr, V_GROUP: tl.constexpr, V_ONE_GROUP: tl.constexpr,
+        FOLD_K: tl.constexpr, FOLD_V: tl.constexpr,
         GROUP: tl.constexpr, HAS_LENS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Partial attention of query rows [row0, row0 + BLOCK_M) of KV group (b, hkv) over the
@@ -170,6 +179,11 @@ def _quantized_split_kernel(
 # ---------------------------------------------------------------------------
 GPU_CONFIG = dict(BLOCK_N=64, num_warps=4, num_stages=3)
 INTERPRETER_CONFIG = dict(BLOCK_N=16, num_warps=1, num_stages=1)
+# Fold the statistics into the other operand where a tile allows it (FOLD_K: a key tile inside one group;
+# FOLD_V: one value group per token): q . (c s + z) = (q * s) . c + q . z, so the (BLOCK_N, D) tile needs only
+# its codes converted, and the scales touch the much smaller query / probability tile. Off by default: the
+# plain path is the lesson's; benchmarks/kv_quant_gpu.py times both (the "_fold" rows).
+FOLD_STATISTICS = False
 
 
 def _check_quantized(name, x, dim, what):
@@ -304,6 +318,7 @@ def triton_quantized_decode_attention(q, k, v, kv_lens=None, scale=None, num_spl
         (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E,
         K_BITS=k.bits, K_BYTES=kc.shape[-1], K_GROUP=k.group_size, K_ONE_GROUP=k.group_size % block_n == 0,
         V_BITS=v.bits, V_BYTES=vc.shape[-1], V_GROUP=v.group_size, V_ONE_GROUP=v.group_size >= D,
+        FOLD_K=FOLD_STATISTICS and k.group_size % block_n == 0, FOLD_V=FOLD_STATISTICS and v.group_size >= D,
         GROUP=G, HAS_LENS=kv_lens is not None, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **config)
     if num_splits > 1:   # L10's stage 2, unchanged: merge the S partials of every query row by their lse

@@ -113,6 +113,19 @@ def _unpack(packed, BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.const
 
 
 @triton.jit
+def _load_codes(c_base, stride_cn, offs_n, n_ok, BITS: tl.constexpr, NBYTES: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The codes of tokens offs_n, unpacked: uint8 (BLOCK_N, BLOCK_D). Reads BLOCK_N x NBYTES bytes
+    (NBYTES = ceil(D * BITS / 8)): the only large read of a tile. Hidden tokens and padding give code 0."""
+    ### BEGIN SOLUTION
+    offs_byte = tl.arange(0, BLOCK_D * BITS // 8)
+    packed = tl.load(c_base + offs_n[:, None].to(tl.int64) * stride_cn + offs_byte[None, :],
+                     mask=n_ok[:, None] & (offs_byte[None, :] < NBYTES), other=0)
+    return _unpack(packed, BITS, BLOCK_N, BLOCK_D)
+    ### END SOLUTION
+
+
+@triton.jit
 def _load_key_tile(kc_base, ks_base, kz_base, stride_kcn, stride_ksg, start_n, offs_n, n_ok, offs_d, d_ok,
                    BITS: tl.constexpr, NBYTES: tl.constexpr, GROUP_N: tl.constexpr, ONE_GROUP: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -125,11 +138,7 @@ def _load_key_tile(kc_base, ks_base, kz_base, stride_kcn, stride_ksg, start_n, o
     and zeros, broadcast over the tile's keys, instead of BLOCK_N copies of it.
     Padding channels come out 0; hidden keys (n_ok false) finite (the caller masks their scores)."""
     ### BEGIN SOLUTION
-    # -- the codes: (BLOCK_N, BLOCK_D / per_byte) bytes, the only large read of the key side --
-    offs_byte = tl.arange(0, BLOCK_D * BITS // 8)
-    packed = tl.load(kc_base + offs_n[:, None].to(tl.int64) * stride_kcn + offs_byte[None, :],
-                     mask=n_ok[:, None] & (offs_byte[None, :] < NBYTES), other=0)
-    codes = _unpack(packed, BITS, BLOCK_N, BLOCK_D).to(tl.float32)        # (BLOCK_N, BLOCK_D)
+    codes = _load_codes(kc_base, stride_kcn, offs_n, n_ok, BITS, NBYTES, BLOCK_N, BLOCK_D).to(tl.float32)
     # -- this tile's scales and zero points: per channel, per group of GROUP_N keys --
     if ONE_GROUP:
         g = start_n // GROUP_N                                           # the tile's one group
@@ -159,10 +168,7 @@ def _load_value_tile(vc_base, vs_base, vz_base, stride_vcn, stride_vsn, offs_n, 
     head_dim is one group) means one scale and one zero per token: a (BLOCK_N, 1)
     column broadcast over the channels. Hidden keys give 0 (their weight p is 0 too)."""
     ### BEGIN SOLUTION
-    offs_byte = tl.arange(0, BLOCK_D * BITS // 8)
-    packed = tl.load(vc_base + offs_n[:, None].to(tl.int64) * stride_vcn + offs_byte[None, :],
-                     mask=n_ok[:, None] & (offs_byte[None, :] < NBYTES), other=0)
-    codes = _unpack(packed, BITS, BLOCK_N, BLOCK_D).to(tl.float32)        # (BLOCK_N, BLOCK_D)
+    codes = _load_codes(vc_base, stride_vcn, offs_n, n_ok, BITS, NBYTES, BLOCK_N, BLOCK_D).to(tl.float32)
     rows = offs_n.to(tl.int64) * stride_vsn                              # (BLOCK_N,) each token's statistics
     if ONE_GROUP:
         scale = tl.load(vs_base + rows, mask=n_ok, other=0.0).to(tl.float32)[:, None]   # (BLOCK_N, 1)
@@ -190,6 +196,7 @@ def _quantized_split_kernel(
         H, Hkv, Lq, T, S, chunk, qk_scale,
         K_BITS: tl.constexpr, K_BYTES: tl.constexpr, K_GROUP: tl.constexpr, K_ONE_GROUP: tl.constexpr,
         V_BITS: tl.constexpr, V_BYTES: tl.constexpr, V_GROUP: tl.constexpr, V_ONE_GROUP: tl.constexpr,
+        FOLD_K: tl.constexpr, FOLD_V: tl.constexpr,
         GROUP: tl.constexpr, HAS_LENS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Partial attention of query rows [row0, row0 + BLOCK_M) of KV group (b, hkv) over the
@@ -240,11 +247,23 @@ def _quantized_split_kernel(
     for start_n in tl.range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         n_ok = offs_n < hi                                       # the split's (and the cache's) last tile
-        # -- K tile: codes read from HBM, dequantized in registers, rounded to q's dtype for the MMA --
-        k = _load_key_tile(kc_base, ks_base, kz_base, stride_kcn, stride_ksg, start_n, offs_n, n_ok, offs_d, d_ok,
-                           K_BITS, K_BYTES, K_GROUP, K_ONE_GROUP, BLOCK_N, BLOCK_D)      # (BLOCK_N, BLOCK_D) f32
-        # -- qk = q k^T * scale * log2(e): (BLOCK_M, D) @ (D, BLOCK_N) -> (BLOCK_M, BLOCK_N), float32 --
-        qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
+        if FOLD_K:
+            # -- the tile lies in ONE key group (s, z: (D,)): q . (c s + z) = (q * s) . c + q . z, so the
+            # statistics scale the (BLOCK_M, D) query tile instead of the (BLOCK_N, D) key tile --
+            g = start_n // K_GROUP
+            ks = tl.load(ks_base + g * stride_ksg + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+            kz = tl.load(kz_base + g * stride_ksg + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+            kcodes = _load_codes(kc_base, stride_kcn, offs_n, n_ok, K_BITS, K_BYTES, BLOCK_N, BLOCK_D)
+            q_s = (q.to(tl.float32) * ks[None, :]).to(q.dtype)                       # (BLOCK_M, BLOCK_D)
+            q_z = tl.sum(q.to(tl.float32) * kz[None, :], 1)                          # (BLOCK_M,)
+            qk = tl.dot(q_s, tl.trans(kcodes.to(q.dtype)), input_precision=DOT_PRECISION)  # codes exact in q's dtype
+            qk = (qk + q_z[:, None]) * qk_scale
+        else:
+            # -- K tile: codes read from HBM, dequantized in registers, rounded to q's dtype for the MMA --
+            k = _load_key_tile(kc_base, ks_base, kz_base, stride_kcn, stride_ksg, start_n, offs_n, n_ok, offs_d,
+                               d_ok, K_BITS, K_BYTES, K_GROUP, K_ONE_GROUP, BLOCK_N, BLOCK_D)  # (BLOCK_N, BLOCK_D)
+            # -- qk = q k^T * scale * log2(e): (BLOCK_M, D) @ (D, BLOCK_N) -> (BLOCK_M, BLOCK_N), float32 --
+            qk = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PRECISION) * qk_scale
         visible = n_ok[None, :] & (offs_n[None, :] <= pos[:, None])   # exists, and causal j <= pos
         qk = tl.where(visible, qk, float("-inf"))
         # -- online softmax in float32 (L02): new max, guarded for rows that have seen nothing --
@@ -253,10 +272,20 @@ def _quantized_split_kernel(
         p = tl.math.exp2(qk - m_safe[:, None])                   # (BLOCK_M, BLOCK_N), 0 where hidden
         alpha = tl.math.exp2(m_i - m_safe)                       # rescales the old sums; 0 when m_i = -inf
         l_i = l_i * alpha + tl.sum(p, 1)
-        # -- V tile, dequantized the same way; (BLOCK_M, BLOCK_N) @ (BLOCK_N, D) -> (BLOCK_M, D) --
-        v = _load_value_tile(vc_base, vs_base, vz_base, stride_vcn, stride_vsn, offs_n, n_ok, offs_d, d_ok,
-                             V_BITS, V_BYTES, V_GROUP, V_ONE_GROUP, BLOCK_N, BLOCK_D)
-        acc = tl.dot(p.to(q.dtype), v.to(q.dtype), acc * alpha[:, None], input_precision=DOT_PRECISION)
+        if FOLD_V:
+            # -- one value group per token (s_n, z_n): sum_n p_n (c_n s_n + z_n) = (p * s) @ c + p @ z --
+            rows = offs_n.to(tl.int64) * stride_vsn
+            vs = tl.load(vs_base + rows, mask=n_ok, other=0.0).to(tl.float32)     # (BLOCK_N,)
+            vz = tl.load(vz_base + rows, mask=n_ok, other=0.0).to(tl.float32)
+            vcodes = _load_codes(vc_base, stride_vcn, offs_n, n_ok, V_BITS, V_BYTES, BLOCK_N, BLOCK_D)
+            acc = tl.dot((p * vs[None, :]).to(q.dtype), vcodes.to(q.dtype), acc * alpha[:, None],
+                         input_precision=DOT_PRECISION)
+            acc += tl.sum(p * vz[None, :], 1)[:, None]
+        else:
+            # -- V tile, dequantized the same way; (BLOCK_M, BLOCK_N) @ (BLOCK_N, D) -> (BLOCK_M, D) --
+            v = _load_value_tile(vc_base, vs_base, vz_base, stride_vcn, stride_vsn, offs_n, n_ok, offs_d, d_ok,
+                                 V_BITS, V_BYTES, V_GROUP, V_ONE_GROUP, BLOCK_N, BLOCK_D)
+            acc = tl.dot(p.to(q.dtype), v.to(q.dtype), acc * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new
 
     # epilogue: normalised partial out and its natural-log lse; nothing seen -> out 0, lse -inf
@@ -278,6 +307,11 @@ def _quantized_split_kernel(
 # ---------------------------------------------------------------------------
 GPU_CONFIG = dict(BLOCK_N=64, num_warps=4, num_stages=3)
 INTERPRETER_CONFIG = dict(BLOCK_N=16, num_warps=1, num_stages=1)
+# Fold the statistics into the other operand where a tile allows it (FOLD_K: a key tile inside one group;
+# FOLD_V: one value group per token): q . (c s + z) = (q * s) . c + q . z, so the (BLOCK_N, D) tile needs only
+# its codes converted, and the scales touch the much smaller query / probability tile. Off by default: the
+# plain path is the lesson's; benchmarks/kv_quant_gpu.py times both (the "_fold" rows).
+FOLD_STATISTICS = False
 
 
 def _check_quantized(name, x, dim, what):
@@ -412,6 +446,7 @@ def triton_quantized_decode_attention(q, k, v, kv_lens=None, scale=None, num_spl
         (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E,
         K_BITS=k.bits, K_BYTES=kc.shape[-1], K_GROUP=k.group_size, K_ONE_GROUP=k.group_size % block_n == 0,
         V_BITS=v.bits, V_BYTES=vc.shape[-1], V_GROUP=v.group_size, V_ONE_GROUP=v.group_size >= D,
+        FOLD_K=FOLD_STATISTICS and k.group_size % block_n == 0, FOLD_V=FOLD_STATISTICS and v.group_size >= D,
         GROUP=G, HAS_LENS=kv_lens is not None, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **config)
     if num_splits > 1:   # L10's stage 2, unchanged: merge the S partials of every query row by their lse
