@@ -148,7 +148,8 @@ def sweep(impl, args):
     """Time the quantized kernel over tile sizes, warps and pipeline stages at two shapes; print the
     best configs and leave the best overall in GPU_CONFIG for the rest of the run."""
     kq, kt = impl.kv_quant, impl.kv_quant_triton
-    configs = [dict(BLOCK_N=n, num_warps=w, num_stages=st) for n in (64, 128) for w, st in ((4, 3), (8, 3), (4, 4))]
+    configs = [dict(BLOCK_N=n, num_warps=w, num_stages=st) for n, w, st in ((64, 4, 3), (64, 4, 4), (128, 4, 3),
+                                                                              (128, 8, 3))]
     totals = {}
     for batch, seq_len in ((1, 65536), (8, 32768)):
         gen = torch.Generator(device="cuda").manual_seed(0)
