@@ -193,7 +193,7 @@ def _quantized_split_kernel(
         stride_ksb, stride_ksh, stride_ksg,    # key scale and zero (B, Hkv, ceil(T / K_GROUP), D), one layout
         stride_vcb, stride_vch, stride_vcn,    # value codes (B, Hkv, T, V_BYTES)
         stride_vsb, stride_vsh, stride_vsn,    # value scale and zero (B, Hkv, T, ceil(D / V_GROUP)), one layout
-        H, Hkv, Lq, T, S, chunk, qk_scale,
+        H, Hkv, Lq, T, S, chunk, qk_scale, LN2: tl.constexpr,
         K_BITS: tl.constexpr, K_BYTES: tl.constexpr, K_GROUP: tl.constexpr, K_ONE_GROUP: tl.constexpr,
         V_BITS: tl.constexpr, V_BYTES: tl.constexpr, V_GROUP: tl.constexpr, V_ONE_GROUP: tl.constexpr,
         FOLD_K: tl.constexpr, FOLD_V: tl.constexpr,
@@ -443,7 +443,7 @@ def triton_quantized_decode_attention(q, k, v, kv_lens=None, scale=None, num_spl
         q, kc, ks, kz, vc, vs, vz, kv_lens if kv_lens is not None else lse, o_part, lse_part,
         *kc.stride()[:3], *ks.stride()[:3], *vc.stride()[:3], *vs.stride()[:3],
         H, Hkv, Lq, T, num_splits, chunk,
-        (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E,
+        (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E, LN2,  # kernels read no module globals
         K_BITS=k.bits, K_BYTES=kc.shape[-1], K_GROUP=k.group_size, K_ONE_GROUP=k.group_size % block_n == 0,
         V_BITS=v.bits, V_BYTES=vc.shape[-1], V_GROUP=v.group_size, V_ONE_GROUP=v.group_size >= D,
         FOLD_K=FOLD_STATISTICS and k.group_size % block_n == 0, FOLD_V=FOLD_STATISTICS and v.group_size >= D,
