@@ -45,10 +45,10 @@ merge_partials, or its Triton kernel):
 
 Why not a second, full-precision segment inside this kernel: the window is
 short (< residual + Gk tokens), so its cost is the extra launches, not bytes,
-and a kernel with two segment kinds doubles the code a student must read. With
-Lq > 1 the causal mask needs each segment's positions: the quantized part holds
-the OLDEST tokens, so every query sees all of it; call it with Lq = 1 per query,
-or pass kv_lens so that the kernel's bottom-right rule matches (the lesson text).
+and a kernel with two segment kinds doubles the code a student must read. The
+recipe is for decoding (Lq = 1); with Lq > 1 the kernel applies L10's
+bottom-right rule to the segment it is given, which for the OLD segment (seen
+whole by every new query) is right only if its queries are passed one at a time.
 
 Layouts (kv_quant.QuantizedTensor, B batch, Hkv KV heads, T tokens, D head dim):
     k.codes (B, Hkv, T, ceil(D * kb / 8)) uint8, packed along D, first element in the LOW bits
