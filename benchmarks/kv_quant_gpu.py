@@ -178,6 +178,19 @@ def sweep(impl, args):
     print("GPU_CONFIG =", kt.GPU_CONFIG, flush=True)
 
 
+def report(rows):
+    """One line per (B, T): each method's median us, its ratio to bf16 and its GB/s."""
+    methods = [m for m in ("int8", "int8_fold", "int4", "int4_fold", "bf16", "flash", "cudnn")
+               if any(r["method"] == m for r in rows)]
+    print("\nsummary (us median, x vs bf16, GB/s of bytes read):")
+    print(f"{'B':>2} {'T':>7}  " + "  ".join(f"{m:>24}" for m in methods))
+    for b, t in sorted({(r["batch"], r["seq_len"]) for r in rows}):
+        cells = {r["method"]: r for r in rows if r["batch"] == b and r["seq_len"] == t}
+        print(f"{b:2d} {t:7d}  " + "  ".join(
+            f"{cells[m]['us']:8.1f} x{cells[m]['vs_bf16']:4.2f} {cells[m]['gbps']:6.0f}" if m in cells else f"{'-':>24}"
+            for m in methods))
+
+
 def plot(csv_path, png_path):
     """us per step (left) and GB/s of bytes read (right) against T, one line per method and B."""
     import matplotlib
@@ -255,6 +268,7 @@ def main():
                           f"err vs float {r['err_vs_float']}, vs dequantized {r['err_vs_dequant']}", flush=True)
                 log.write(point)
                 rows += point
+    report(rows)
     if csv_path:
         try:
             plot(csv_path, csv_path.with_suffix(".png"))
