@@ -174,16 +174,16 @@ def test_quantized_kernel_gpu_memory_is_the_partials_only(impl):
 @pytest.mark.parametrize("bits", (8, 4))
 def test_quantized_kernel_folded_statistics(impl, triton_device, bits):
     # The reference kernel can fold the statistics into q and p (kv_quant_triton.FOLD_STATISTICS, README section 8,
-    # exercise 5) where a key tile lies in one group (groups of 64 tokens: a multiple of every tile size) and a
-    # value token has one group. It must give the same attention.
+    # exercise 5) where a key tile lies in one group (groups of 128 tokens: a multiple of the 16-key interpreter
+    # tiles and of the GPU's 64- or 128-key tiles) and a value token has one group. It must give the same attention.
     kt = impl.kv_quant_triton
     if not hasattr(kt, "FOLD_STATISTICS"):
         pytest.skip("this implementation has no FOLD_STATISTICS switch (exercise 5)")
-    B, H, Hkv, T, D = 2, 4, 2, 150, 16
+    B, H, Hkv, T, D = 2, 4, 2, 300, 16
     q = randn(B, H, 1, D, seed=130, device=triton_device)
-    k, k_hat = quantized(impl, (B, Hkv, T, D), bits, -2, 64, 131, torch.float32, triton_device)
+    k, k_hat = quantized(impl, (B, Hkv, T, D), bits, -2, 128, 131, torch.float32, triton_device)
     v, v_hat = quantized(impl, (B, Hkv, T, D), bits, -1, None, 132, torch.float32, triton_device)
-    kv_lens = torch.tensor([150, 70], device=triton_device)
+    kv_lens = torch.tensor([300, 170], device=triton_device)
     kt.FOLD_STATISTICS = True
     try:
         out, lse = kt.triton_quantized_decode_attention(q, k, v, kv_lens=kv_lens, num_splits=2)
