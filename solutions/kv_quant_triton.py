@@ -256,7 +256,8 @@ def _quantized_split_kernel(
             kcodes = _load_codes(kc_base, stride_kcn, offs_n, n_ok, K_BITS, K_BYTES, BLOCK_N, BLOCK_D)
             q_s = (q.to(tl.float32) * ks[None, :]).to(q.dtype)                       # (BLOCK_M, BLOCK_D)
             q_z = tl.sum(q.to(tl.float32) * kz[None, :], 1)                          # (BLOCK_M,)
-            qk = tl.dot(q_s, tl.trans(kcodes.to(q.dtype)), input_precision=DOT_PRECISION)  # codes exact in q's dtype
+            kcodes = kcodes.to(tl.float32).to(q.dtype)                               # exact: integers <= 255
+            qk = tl.dot(q_s, tl.trans(kcodes), input_precision=DOT_PRECISION)
             qk = (qk + q_z[:, None]) * qk_scale
         else:
             # -- K tile: codes read from HBM, dequantized in registers, rounded to q's dtype for the MMA --
@@ -278,7 +279,8 @@ def _quantized_split_kernel(
             vs = tl.load(vs_base + rows, mask=n_ok, other=0.0).to(tl.float32)     # (BLOCK_N,)
             vz = tl.load(vz_base + rows, mask=n_ok, other=0.0).to(tl.float32)
             vcodes = _load_codes(vc_base, stride_vcn, offs_n, n_ok, V_BITS, V_BYTES, BLOCK_N, BLOCK_D)
-            acc = tl.dot((p * vs[None, :]).to(q.dtype), vcodes.to(q.dtype), acc * alpha[:, None],
+            vcodes = vcodes.to(tl.float32).to(q.dtype)                               # exact: integers <= 255
+            acc = tl.dot((p * vs[None, :]).to(q.dtype), vcodes, acc * alpha[:, None],
                          input_precision=DOT_PRECISION)
             acc += tl.sum(p * vz[None, :], 1)[:, None]
         else:
