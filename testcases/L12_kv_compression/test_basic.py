@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from coursekit.reference import (decode_attention_ref, decoder_visible_ref, dequantize_codes_ref, minmax_groups_ref,
-                                 random_codes_ref, rope_rotate_ref)
+                                 pack_codes_ref, random_codes_ref, rope_rotate_ref)
 from coursekit.testing import assert_close, assert_never_materialises, assert_rejects, randn
 from coursekit.training import make_model
 
@@ -398,6 +398,31 @@ def quantized_cache(impl, case, device, seed=70, dtype=torch.float32):
     return q, k, v, k_hat, v_hat, lens, splits
 
 
+def likely_mistake(out, q, k, v, lens):
+    """Which usual mistake out matches, if any: attention over a cache dequantized that wrong way."""
+    def misread(x, zero=True, swap=False, per_token=False):
+        codes, scale, zero_t = x.codes, x.scale, x.zero if zero else torch.zeros_like(x.zero)
+        if swap and x.bits < 8:  # the first element read from the HIGH bits
+            per_byte = 8 // x.bits
+            unpacked = ((codes.cpu().long()[..., None] >> (torch.arange(per_byte) * x.bits)) & (2 ** x.bits - 1))
+            codes = pack_codes_ref(unpacked.flip(-1).flatten(-2), x.bits)
+        if per_token:            # one statistic per key (its group's channel 0) for all channels
+            scale, zero_t = scale[..., :1].expand_as(scale), zero_t[..., :1].expand_as(zero_t)
+        return dequantize_codes_ref(codes, scale, zero_t, x.bits, x.dim, x.group_size, x.shape)
+    candidates = {
+        "the zero point is not applied (" + ZERO_HINT + ")": (misread(k, zero=False), misread(v, zero=False)),
+        "the nibbles are read in the wrong order (" + NIBBLE_HINT + ")": (misread(k, swap=True), misread(v, swap=True)),
+        "the keys' statistics are read per token (" + KEY_STATS_HINT + ")": (misread(k, per_token=True),
+                                                                            misread(v)),
+    }
+    kv_lens = None if lens is None else torch.tensor(lens)
+    for what, (k_bad, v_bad) in candidates.items():
+        bad = decode_attention_ref(q, k_bad, v_bad, kv_lens)[0]
+        if torch.allclose(out.cpu().double(), bad, atol=1e-4, rtol=1e-4):
+            return "out equals attention over a cache read wrongly: " + what
+    return None
+
+
 @pytest.mark.triton
 @pytest.mark.parametrize("case", QUANT_KERNEL_CASES, ids=list(QUANT_KERNEL_CASES))
 def test_quantized_kernel_equals_attention_over_the_dequantized_cache(impl, triton_device, case):
@@ -408,6 +433,8 @@ def test_quantized_kernel_equals_attention_over_the_dequantized_cache(impl, trit
     hint = "; ".join([ZERO_HINT, NIBBLE_HINT if 4 in (k.bits, v.bits) or k.bits == 2 else "", KEY_STATS_HINT,
                       "the rest is L10's kernel: kv_lens, splits, GQA packing, bottom-right causal"])
     assert out.shape == q.shape and out.dtype == q.dtype, f"out is {out.dtype} {tuple(out.shape)}, want q's"
+    if not torch.allclose(out.cpu().double(), want_out, atol=1e-4, rtol=1e-4):
+        hint = likely_mistake(out, q, k, v, lens) or hint
     assert_close(out, want_out, what=f"quantized-cache out ({case})", hint=hint)
     assert_close(lse, want_lse, what=f"quantized-cache lse ({case})", hint="lse is the natural log; " + hint)
 
