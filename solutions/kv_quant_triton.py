@@ -59,9 +59,11 @@ q (B, H, Lq, D) in float16, bfloat16 or float32, the dtype of the scales (the
 dtype the cache was quantized from). kv_lens, the causal rule, GQA and lse:
 as L10 (tutorial/CONVENTIONS.md, "Decode attention"). Bits 8, 4 and 2; D <= 256.
 
-Tested under TRITON_INTERPRET=1 on CPU at small shapes and on an H200 (Triton
-3.6, torch 2.11); benchmarks/kv_quant_gpu.py times it against the bfloat16 L10
-kernel and SDPA.
+Tested under TRITON_INTERPRET=1 on CPU at small shapes (Triton 3.9). Not yet
+run to completion on a GPU: the one H200 attempt (Triton 3.6) stopped at a
+module global read inside the kernel, which Triton 3.6 refuses (LN2 is now a
+constexpr argument); the CUDA tests and benchmarks/kv_quant_gpu.py, which
+times it against the bfloat16 L10 kernel and SDPA, are still to run there.
 """
 import math
 import numbers
