@@ -89,7 +89,7 @@ LESSONS = (
            ("decode_attention", "decode_attention_triton")),
     Lesson("L11_paged_kv_cache", "The paged KV cache and continuous batching", ("paged_kv_cache", "serving")),
     Lesson("L12_kv_compression", "Compressing the KV cache: quantization, eviction, sinks",
-           ("kv_quant", "kv_eviction")),
+           ("kv_quant", "kv_eviction", "kv_quant_triton")),
     Lesson("L13_linear_attention", "Linear attention: parallel, recurrent and chunked",
            ("linear_attention", "linear_attention_triton")),
 )

@@ -470,3 +470,48 @@ def decoder_visible_ref(model, ids, visible):
         gate, up = h @ p[pre + "mlp.gate_proj.weight"].T, h @ p[pre + "mlp.up_proj.weight"].T
         x = x + (torch.nn.functional.silu(gate) * up) @ p[pre + "mlp.down_proj.weight"].T
     return rms_norm_ref(x, p["norm.weight"], cfg.rms_eps) @ p["lm_head.weight"].T
+
+
+def pack_codes_ref(codes, bits):
+    """Integer codes (..., N) in [0, 2^bits) -> uint8 (..., ceil(N * bits / 8)) in kv_quant's layout: element j
+    of a row in byte j // (8 // bits), at bits (j % (8 // bits)) * bits upwards (the first in the LOW bits);
+    a row is padded with zero codes to a whole byte."""
+    if bits == 8:
+        return codes.to(torch.uint8)
+    per_byte = 8 // bits
+    codes = torch.nn.functional.pad(codes.long(), (0, (-codes.shape[-1]) % per_byte))
+    fields = codes.reshape(*codes.shape[:-1], -1, per_byte)  # (..., bytes, per_byte)
+    return (fields << (torch.arange(per_byte, device=codes.device) * bits)).sum(-1).to(torch.uint8)
+
+
+def dequantize_codes_ref(codes, scale, zero, bits, dim, group_size, shape):
+    """x_hat (float64, shape) of packed codes: unpack (pack_codes_ref's layout), then
+    code * scale + zero with the statistics of each element's group of group_size indices along dim."""
+    per_byte = 8 // bits
+    packed = codes.detach().cpu().long()
+    unpacked = ((packed[..., None] >> (torch.arange(per_byte) * bits)) & (2 ** bits - 1)).flatten(-2)
+    unpacked = unpacked[..., :shape[-1]]
+    n = shape[dim]
+    expand = lambda t: t.detach().cpu().double().repeat_interleave(group_size, dim=dim).narrow(dim, 0, n)
+    return unpacked.double() * expand(scale) + expand(zero)
+
+
+def random_codes_ref(shape, bits, dim, group_size=None, *, seed=0, dtype=torch.float32):
+    """Random quantized data in kv_quant.QuantizedTensor's layout, without quantize: (fields, x_hat).
+
+    fields: dict(codes, scale, zero, bits, dim, group_size, shape, dtype) (QuantizedTensor(**fields)):
+    codes uniform in [0, 2^bits) packed by pack_codes_ref; per group of group_size indices along dim
+    (None: the whole dim) a scale with a group range of 0.6..3.6 and a zero point around -1.5 (so a
+    forgotten zero point shows). x_hat = dequantize_codes_ref of them, float64, on the CPU."""
+    gen = torch.Generator().manual_seed(seed)
+    dim = dim % len(shape)
+    n = shape[dim]
+    g = max(1, n if group_size is None else group_size)
+    stats_shape = list(shape)
+    stats_shape[dim] = math.ceil(n / g)
+    codes = torch.randint(0, 2 ** bits, tuple(shape), generator=gen)
+    scale = ((torch.rand(stats_shape, generator=gen) + 0.2) * 3 / (2 ** bits - 1)).to(dtype)
+    zero = (torch.randn(stats_shape, generator=gen) - 1.5).to(dtype)
+    fields = dict(codes=pack_codes_ref(codes, bits), scale=scale, zero=zero, bits=bits, dim=dim, group_size=g,
+                  shape=tuple(shape), dtype=dtype)
+    return fields, dequantize_codes_ref(fields["codes"], scale, zero, bits, dim, g, tuple(shape))

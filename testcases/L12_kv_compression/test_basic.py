@@ -18,8 +18,9 @@ import math
 import pytest
 import torch
 
-from coursekit.reference import decoder_visible_ref, minmax_groups_ref, rope_rotate_ref
-from coursekit.testing import assert_close, assert_rejects, randn
+from coursekit.reference import (decode_attention_ref, decoder_visible_ref, dequantize_codes_ref, minmax_groups_ref,
+                                 pack_codes_ref, random_codes_ref, rope_rotate_ref)
+from coursekit.testing import assert_close, assert_never_materialises, assert_rejects, randn
 from coursekit.training import make_model
 
 pytestmark = pytest.mark.basic
@@ -351,3 +352,148 @@ def test_rerotate_composes_rotations(impl):
     got = impl.kv_eviction.rerotate(rotated, p, p2)
     assert_close(got.double(), rope_rotate_ref(k, p2), atol=1e-5, rtol=1e-5,
                  what="rerotate(rotate(k, p), p -> p')", hint="rotate by the angle of p' - p: R(p') = R(p' - p) R(p)")
+
+
+# ===========================================================================
+# Part 4: decode attention over the quantized cache in Triton (kv_quant_triton).
+# On a CUDA machine it runs on the GPU; without one, on CPU tensors under
+# TRITON_INTERPRET=1 (the plugin sets it): shapes stay small. The codes, scales
+# and zero points are built here from torch primitives in the documented format
+# (not by quantize), and the expected values are attention over the cache
+# dequantized by the formula code * scale + zero, in float64.
+# ===========================================================================
+ZERO_HINT = "dequantize as code * scale + zero: without the zero point every group's grid starts at 0"
+NIBBLE_HINT = ("packed codes: element j of a row is in byte j // (8 // bits), the FIRST element in the LOW bits "
+               "(byte j of 4-bit codes holds channels 2j (low nibble) and 2j + 1 (high nibble))")
+KEY_STATS_HINT = ("keys are grouped PER CHANNEL along the tokens: key n, channel d uses k.scale[..., n // Gk, d] and "
+                  "k.zero[..., n // Gk, d]; values PER TOKEN: v.scale[..., n, d // Gv]")
+
+
+def random_quantized(impl, shape, bits, dim, group_size, seed, dtype=torch.float32, device="cpu"):
+    """(kv_quant.QuantizedTensor, x_hat float64) of random codes, scales and zero points in the documented
+    layout (coursekit.reference.random_codes_ref): built without quantize."""
+    fields, x_hat = random_codes_ref(shape, bits, dim, group_size, seed=seed, dtype=dtype)
+    fields.update(codes=fields["codes"].to(device), scale=fields["scale"].to(device), zero=fields["zero"].to(device))
+    return impl.kv_quant.QuantizedTensor(**fields), x_hat
+
+
+QUANT_KERNEL_CASES = {
+    # name: (key bits, value bits, H, Hkv, Lq, key group (tokens), value group (channels), kv_lens, num_splits, D)
+    # T = 37 keys: not a multiple of the 16-key interpreter tile nor of any group size below
+    "int8_mha_groups_of_16": (8, 8, 4, 4, 1, 16, None, None, None, 16),
+    "int4_gqa_ragged_groups_of_5": (4, 4, 4, 2, 1, 5, 4, [0, 20, 37], 3, 16),
+    "int4_mqa_groups_of_32": (4, 4, 4, 1, 1, 32, None, [37, 1, 30], 2, 16),
+    "int8_keys_int4_values_d12": (8, 4, 4, 2, 1, 7, 3, [37, 11, 25], 2, 12),
+    "int2_gqa": (2, 2, 4, 2, 1, 16, 8, [23, 37, 9], 2, 16),
+    "int4_lq3_causal": (4, 4, 4, 2, 3, 16, None, [37, 2, 17], 2, 16),
+}
+
+
+def quantized_cache(impl, case, device, seed=70, dtype=torch.float32):
+    kb, vb, H, Hkv, q_len, kg, vg, lens, splits, D = QUANT_KERNEL_CASES[case]
+    B, T = 3, 37
+    q = randn(B, H, q_len, D, seed=seed, dtype=dtype, device=device)
+    k, k_hat = random_quantized(impl, (B, Hkv, T, D), kb, -2, kg, seed + 1, dtype, device)  # keys per channel
+    v, v_hat = random_quantized(impl, (B, Hkv, T, D), vb, -1, vg, seed + 2, dtype, device)  # values per token
+    return q, k, v, k_hat, v_hat, lens, splits
+
+
+def likely_mistake(out, q, k, v, lens):
+    """Which usual mistake out matches, if any: attention over a cache dequantized that wrong way."""
+    def misread(x, zero=True, swap=False, per_token=False):
+        codes, scale, zero_t = x.codes, x.scale, x.zero if zero else torch.zeros_like(x.zero)
+        if swap and x.bits < 8:  # the first element read from the HIGH bits
+            per_byte = 8 // x.bits
+            unpacked = ((codes.cpu().long()[..., None] >> (torch.arange(per_byte) * x.bits)) & (2 ** x.bits - 1))
+            codes = pack_codes_ref(unpacked.flip(-1).flatten(-2), x.bits)
+        if per_token:            # one statistic per key (its group's channel 0) for all channels
+            scale, zero_t = scale[..., :1].expand_as(scale), zero_t[..., :1].expand_as(zero_t)
+        return dequantize_codes_ref(codes, scale, zero_t, x.bits, x.dim, x.group_size, x.shape)
+    candidates = {
+        "the zero point is not applied (" + ZERO_HINT + ")": (misread(k, zero=False), misread(v, zero=False)),
+        "the nibbles are read in the wrong order (" + NIBBLE_HINT + ")": (misread(k, swap=True), misread(v, swap=True)),
+        "the keys' statistics are read per token (" + KEY_STATS_HINT + ")": (misread(k, per_token=True),
+                                                                            misread(v)),
+    }
+    kv_lens = None if lens is None else torch.tensor(lens)
+    for what, (k_bad, v_bad) in candidates.items():
+        bad = decode_attention_ref(q, k_bad, v_bad, kv_lens)[0]
+        if torch.allclose(out.cpu().double(), bad, atol=1e-4, rtol=1e-4):
+            return "out equals attention over a cache read wrongly: " + what
+    return None
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("case", QUANT_KERNEL_CASES, ids=list(QUANT_KERNEL_CASES))
+def test_quantized_kernel_equals_attention_over_the_dequantized_cache(impl, triton_device, case):
+    q, k, v, k_hat, v_hat, lens, splits = quantized_cache(impl, case, triton_device)
+    kv_lens = None if lens is None else torch.tensor(lens, device=triton_device)
+    out, lse = impl.kv_quant_triton.triton_quantized_decode_attention(q, k, v, kv_lens=kv_lens, num_splits=splits)
+    want_out, want_lse = decode_attention_ref(q, k_hat, v_hat, None if lens is None else torch.tensor(lens))
+    hint = "; ".join([ZERO_HINT, NIBBLE_HINT if 4 in (k.bits, v.bits) or k.bits == 2 else "", KEY_STATS_HINT,
+                      "the rest is L10's kernel: kv_lens, splits, GQA packing, bottom-right causal"])
+    assert out.shape == q.shape and out.dtype == q.dtype, f"out is {out.dtype} {tuple(out.shape)}, want q's"
+    if not torch.allclose(out.cpu().double(), want_out, atol=1e-4, rtol=1e-4):
+        hint = likely_mistake(out, q, k, v, lens) or hint
+    assert_close(out, want_out, what=f"quantized-cache out ({case})", hint=hint)
+    assert_close(lse, want_lse, what=f"quantized-cache lse ({case})", hint="lse is the natural log; " + hint)
+
+
+@pytest.mark.triton
+def test_quantized_kernel_reads_the_codes_it_is_given(impl, triton_device):
+    # Change the codes of one KV head of one row (and nothing else): exactly the G query heads that read it
+    # must change, to attention over the new codes; a kernel that reads anything but these codes (a float
+    # copy made earlier, another head's codes) cannot follow.
+    kt = impl.kv_quant_triton
+    q, k, v, k_hat, v_hat, _, _ = quantized_cache(impl, "int4_gqa_ragged_groups_of_5", triton_device, seed=80)
+    before, _ = kt.triton_quantized_decode_attention(q, k, v, num_splits=2)
+    k2, _ = random_quantized(impl, tuple(k.shape), 4, -2, 5, seed=99, device=triton_device)
+    k.codes = k.codes.clone()
+    k.codes[1, 0] = k2.codes[1, 0]                              # row 1, KV head 0: new codes, same statistics
+    k_hat = dequantize_codes_ref(k.codes, k.scale, k.zero, k.bits, k.dim, k.group_size, k.shape)
+    after, _ = kt.triton_quantized_decode_attention(q, k, v, num_splits=2)
+    assert_close(after, decode_attention_ref(q, k_hat, v_hat)[0], what="out after new codes for (row 1, KV head 0)",
+                 hint="read the codes of k.codes at (b, hkv) on every call: " + NIBBLE_HINT)
+    changed = (after.cpu() != before.cpu()).flatten(2).any(-1)   # (B, H)
+    want = torch.zeros_like(changed)
+    want[1, :2] = True                                          # G = 2: query heads 0 and 1 read KV head 0
+    assert torch.equal(changed, want), (
+        f"query heads whose output changed (B, H):\n{changed.int()}\nexpected only row 1, heads 0-1 "
+        f"(GQA: query head h reads KV head h // G)")
+
+
+@pytest.mark.triton
+def test_quantized_kernel_never_builds_the_float_cache(impl, triton_device):
+    # 4-bit codes hold half as many elements as the keys they encode: dequantizing the cache before
+    # attending (quantize -> dequantize -> L10) would create a tensor of B * Hkv * T * D elements.
+    kt = impl.kv_quant_triton
+    B, H, Hkv, T, D = 2, 4, 2, 64, 16
+    q = randn(B, H, 1, D, seed=90, device=triton_device)
+    k, k_hat = random_quantized(impl, (B, Hkv, T, D), 4, -2, 16, seed=91, device=triton_device)
+    v, v_hat = random_quantized(impl, (B, Hkv, T, D), 4, -1, None, seed=92, device=triton_device)
+    out, _ = assert_never_materialises(lambda: kt.triton_quantized_decode_attention(q, k, v, num_splits=2),
+                                       B * Hkv * T * D, what="the dequantized key or value cache",
+                                       hint="unpack and dequantize each tile inside the kernel, in registers")
+    assert_close(out, decode_attention_ref(q, k_hat, v_hat)[0], what="out over a 4-bit cache")
+
+
+@pytest.mark.triton
+def test_quantized_kernel_bad_input_is_rejected(impl, triton_device):
+    kt = impl.kv_quant_triton
+    q, k, v, k_hat, v_hat, _, _ = quantized_cache(impl, "int8_mha_groups_of_16", triton_device, seed=95)
+    out, _ = kt.triton_quantized_decode_attention(q, k, v, num_splits=2)  # a valid call first
+    assert_close(out, decode_attention_ref(q, k_hat, v_hat)[0], what="out of the valid call")
+    f = kt.triton_quantized_decode_attention
+    k_per_token, _ = random_quantized(impl, tuple(k.shape), 8, -1, None, seed=96, device=triton_device)
+    v_per_channel, _ = random_quantized(impl, tuple(v.shape), 8, -2, 16, seed=97, device=triton_device)
+    v_short, _ = random_quantized(impl, (3, 4, 20, 16), 8, -1, None, seed=98, device=triton_device)
+    assert_rejects(lambda: f(q, k_hat.float(), v), "k", "QuantizedTensor")
+    assert_rejects(lambda: f(q, k_per_token, v), "k", "per channel", "dim")
+    assert_rejects(lambda: f(q, k, v_per_channel), "v", "per token", "dim")
+    assert_rejects(lambda: f(q, k, v_short), "v", "shape")
+    assert_rejects(lambda: f(q[0], k, v), "q")
+    assert_rejects(lambda: f(q.half(), k, v), "dtype", "scale", "q")
+    assert_rejects(lambda: f(q[:, :3], k, v), "heads", "q")
+    assert_rejects(lambda: f(q, k, v, num_splits=0), "num_splits")
+    assert_rejects(lambda: f(q, k, v, kv_lens=torch.tensor([38, 1, 2], device=triton_device)), "kv_lens")
+    assert_rejects(lambda: f(q, k, v, kv_lens=torch.tensor([1.0, 2.0, 3.0], device=triton_device)), "kv_lens")
