@@ -65,7 +65,10 @@ import triton.language as tl
 
 from ._checks import check_positive_int, check_scale, check_tensor, check_triton_device, contiguous_last
 
-LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one hardware instruction
+# Constants used inside the kernels are tl.constexpr, declared once here (a plain Python float is not
+# visible from a @triton.jit function); host code reads the number as LOG2E.value.
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one instruction
+LN2 = tl.constexpr(0.6931471805599453)    # ln(2): ln(y) = log2(y) * ln(2)
 
 
 # Triton reads TRITON_INTERPRET when it decorates a kernel, i.e. when this module is imported:
@@ -438,7 +441,7 @@ def _forward(q, k, v, causal, scale, window):
 
     _launch(_fwd_kernel, "fwd", lambda block_m, block_n: (triton.cdiv(Lq, block_m), B * H),
             q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-            H, H // Hkv, Lq, Lk, window or 0, sm_scale * LOG2E, **_kernel_constants(q, causal, window))
+            H, H // Hkv, Lq, Lk, window or 0, sm_scale * LOG2E.value, **_kernel_constants(q, causal, window))
     return out, lse
 
 
@@ -462,11 +465,11 @@ def _backward(q, k, v, out, lse, grad_out, causal, scale, window):
             q, k, v, grad_out, lse, delta, dk, dv,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3],
             *dk.stride()[:3], *dv.stride()[:3],
-            H, Hkv, H // Hkv, Lq, Lk, window or 0, sm_scale, sm_scale * LOG2E, **common)
+            H, Hkv, H // Hkv, Lq, Lk, window or 0, sm_scale, sm_scale * LOG2E.value, **common)
     _launch(_bwd_dq_kernel, "dq", lambda block_m, block_n: (triton.cdiv(Lq, block_m), B * H),
             q, k, v, grad_out, lse, delta, dq,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3], *dq.stride()[:3],
-            H, H // Hkv, Lq, Lk, window or 0, sm_scale, sm_scale * LOG2E, **common)
+            H, H // Hkv, Lq, Lk, window or 0, sm_scale, sm_scale * LOG2E.value, **common)
     return dq, dk, dv
 
 
