@@ -101,12 +101,12 @@ def make_input(op, dtype, n, total, device):
     """x of (total // n, n), and for layer norm w and b of (n,), seeded by n."""
     import torch
     n_rows = max(1, total // n)
-    gen = torch.Generator(device="cpu").manual_seed(n)
-    x = torch.randn(n_rows, n, generator=gen).to(device=device, dtype=dtype)
+    gen = torch.Generator(device=device).manual_seed(n)   # on the GPU: 32M values from a CPU generator take a second
+    x = torch.randn(n_rows, n, generator=gen, device=device).to(dtype)
     w = b = None
     if op == "layer_norm":
-        w = torch.randn(n, generator=gen).to(device=device, dtype=dtype)
-        b = torch.randn(n, generator=gen).to(device=device, dtype=dtype)
+        w = torch.randn(n, generator=gen, device=device).to(dtype)
+        b = torch.randn(n, generator=gen, device=device).to(dtype)
     return x, w, b
 
 
@@ -161,13 +161,35 @@ def _ratio(a, b):
     return _sig(a / b, 3) if b else float("nan")
 
 
-def measure_point(ft, op, dtype, n, total, device, time_of, compiled_fn, repeats):
-    """One point: every method timed `repeats` times, interleaved, on the same x; a row of the CSV."""
+def with_config(ft, call, cfg):
+    """call() with the implementation's choose_config answering `cfg` (None: its own choice)."""
+    if cfg is None:
+        return call
+    original = ft.choose_config
+
+    def run():
+        ft.choose_config = lambda *args, **kwargs: cfg                  # the wrapper asks choose_config
+        try:
+            return call()
+        finally:
+            ft.choose_config = original
+    return run
+
+
+def measure_point(ft, op, dtype, n, total, device, time_of, compiled_fn, repeats, cfg=None):
+    """One point: every method timed `repeats` times, interleaved, on the same x; a row of the CSV.
+    cfg: the LaunchConfig ours runs with (the sweep's winner under --tune), else choose_config's."""
     import torch
     x, w, b = make_input(op, dtype, n, total, device)
     bytes_moved = 2 * x.numel() * x.element_size()   # 1 read + 1 write of x: the least any method can move
+    if cfg is None and hasattr(ft, "choose_config"):
+        cfg = ft.choose_config(x.shape[0], n, dtype)
+        chosen_by = "choose_config"
+    else:
+        chosen_by = "sweep"
     with torch.no_grad():
-        calls = {"ours": ours_call(ft, op, x, w, b), **baseline_calls(op, x, w, b, compiled_fn)}
+        calls = {"ours": with_config(ft, ours_call(ft, op, x, w, b), cfg if chosen_by == "sweep" else None),
+                 **baseline_calls(op, x, w, b, compiled_fn)}
         # correctness first: a fast wrong kernel is not a result
         max_err = (calls["ours"]().float() - calls["torch"]().float()).abs().max().item()
         times = time_interleaved(runnable(calls, f"n={n}"), repeats=repeats, timer=time_of)
@@ -177,6 +199,8 @@ def measure_point(ft, op, dtype, n, total, device, time_of, compiled_fn, repeats
     row.update(ours_over_copy=_ratio(row["ours_gbps"], row["copy_gbps"]),
                ours_over_torch=_ratio(row["ours_gbps"], row["torch_gbps"]),
                max_err=float(f"{max_err:.3g}"), runs=repeats)
+    if cfg is not None:
+        row.update(cfg._asdict(), config_from=chosen_by)
     return row
 
 
@@ -232,16 +256,8 @@ def sweep_point(ft, op, dtype, n, total, device, time_of, repeats):
     bytes_moved = 2 * x.numel() * x.element_size()
     default = ft.choose_config(x.shape[0], n, dtype)
     configs = candidates(ft, x.shape[0], n, dtype)
-    original = ft.choose_config
-    calls, ours = {}, ours_call(ft, op, x, w, b)
-    for cfg in configs:
-        def call(cfg=cfg):
-            ft.choose_config = lambda *args, **kwargs: cfg              # the wrapper asks choose_config
-            try:
-                return ours()
-            finally:
-                ft.choose_config = original
-        calls[cfg] = call
+    ours = ours_call(ft, op, x, w, b)
+    calls = {cfg: with_config(ft, ours, cfg) for cfg in configs}
     with torch.no_grad():
         calls.update(baseline_calls(op, x, w, b, None))
         ok = runnable(calls, f"n={n}")
@@ -266,6 +282,42 @@ def describe(cfg_row):
             f"stages={cfg_row['num_stages']} {grid}")
 
 
+def warm_point(impl, op, dtype_name, n, total, device):
+    """Run every sweep candidate of one point once (in a worker process): each compiles into Triton's
+    on-disk cache, where the timing process then finds it."""
+    import torch
+
+    from coursekit.impl import Implementation
+    ft = Implementation(impl).fused_ops_triton
+    dtype = getattr(torch, dtype_name)
+    x, w, b = make_input(op, dtype, n, total, device)
+    with torch.no_grad():
+        for cfg in candidates(ft, x.shape[0], n, dtype):
+            with_config(ft, ours_call(ft, op, x, w, b), cfg)()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return f"{op} {dtype_name} {n}"
+
+
+def warm(args, points, device):
+    """Compile the candidates of all points in `args.warm` processes side by side (Triton compiles one
+    kernel at a time per process; a point has ~8 candidates, a run ~150 kernels)."""
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+    start = time.time()
+    unique = sorted({(op, dtype_name, n, total) for op, dtype_name, total, n in points})
+    with ProcessPoolExecutor(max_workers=args.warm, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(warm_point, args.impl, *u, device) for u in unique]
+        for f in futures:
+            try:
+                f.result()
+            except Exception as err:  # noqa: BLE001 - the timing run reports (and recompiles) what failed here
+                print(f"  warm-up failed: {type(err).__name__}: {str(err)[:300]}")
+    print(f"compiled the candidates of {len(unique)} points in {args.warm} processes: {time.time() - start:.1f} s",
+          flush=True)
+
+
 def run(args):
     import torch
 
@@ -280,50 +332,57 @@ def run(args):
     dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     name = device_name() if device == "cuda" else "cpu (TRITON_INTERPRET=1 smoke run)"
     print(f"device {name}; torch {torch.__version__}; totals {args.totals} elements; {args.repeats} repeats")
-    suffix = "smoke" if args.smoke else "gpu"
-    if args.sweep:
-        if not hasattr(ft, "choose_config") or not hasattr(ft, "LaunchConfig"):
-            sys.exit(f"--sweep needs choose_config and LaunchConfig in {args.impl or 'model'}.fused_ops_triton")
-        path = args.out / f"fused_bandwidth_sweep{'_smoke' if args.smoke else ''}.csv" if args.out else None
-        with CsvLog(path) as log:
-            for op in args.ops:
-                for dtype_name in args.dtypes:
-                    for total in args.totals:
-                        for n in args.lengths:
-                            rows = sweep_point(ft, op, dtypes[dtype_name], n, total, device, time_of, args.repeats)
-                            for r in rows:
-                                r["device"] = name
-                            log.write(rows)
-                            best = max(rows, key=lambda r: r["ours_gbps"])
-                            default = next(r for r in rows if r["default"])
-                            print(f"  {op:10s} {dtype_name:8s} {rows[0]['n_rows']:6d} x {n:6d}  "
-                                  f"copy {best['copy_gbps']:6.0f} torch {best['torch_gbps']:6.0f} GB/s | "
-                                  f"default {default['ours_gbps']:6.0f} ({default['over_copy']:.2f} of copy) | "
-                                  f"best {best['ours_gbps']:6.0f} ({best['over_copy']:.2f}, "
-                                  f"{best['over_torch']:.2f}x torch): {describe(best)}", flush=True)
-        if path:
-            print(f"wrote {path}")
-        return
-    compiled_softmax, compiled_layer_norm = compiled(eager_softmax), compiled(eager_layer_norm)
-    path = args.out / f"fused_bandwidth_{suffix}.csv" if args.out else None
+    points = [(op, dtype_name, total, n) for op in args.ops for dtype_name in args.dtypes
+              for total in args.totals for n in args.lengths]
+    tuning = args.sweep or args.tune
+    if tuning and not (hasattr(ft, "choose_config") and hasattr(ft, "LaunchConfig")):
+        sys.exit(f"--sweep/--tune need choose_config and LaunchConfig in {args.impl or 'model'}.fused_ops_triton")
+    if tuning and args.warm:
+        warm(args, points, device)
+    smoke = "_smoke" if args.smoke else ""
+    compiled_softmax = compiled_layer_norm = None
+    if not (args.no_compiled or args.sweep):
+        compiled_softmax, compiled_layer_norm = compiled(eager_softmax), compiled(eager_layer_norm)
+    sweep_path = args.out / f"fused_bandwidth_sweep{smoke}.csv" if args.out and tuning else None
+    path = args.out / f"fused_bandwidth_{'smoke' if args.smoke else 'gpu'}.csv" if args.out and not args.sweep else None
     rows_out = []
-    with CsvLog(path) as log:
-        for op in args.ops:
-            for dtype_name in args.dtypes:
-                for total in args.totals:
-                    for n in args.lengths:
-                        row = measure_point(ft, op, dtypes[dtype_name], n, total, device, time_of,
-                                            compiled_softmax if op == "softmax" else compiled_layer_norm,
-                                            args.repeats)
-                        row["device"] = name
-                        log.write(row)
-                        rows_out.append(row)
-                        print(f"  {op:10s} {dtype_name:8s} {row['n_rows']:7d} x {n:6d}  "
-                              f"ours {row['ours_gbps']:6.0f} [{row['ours_gbps_min']:.0f}-{row['ours_gbps_max']:.0f}]  "
-                              f"torch {row['torch_gbps']:6.0f}  compiled {row['compiled_gbps']:6.0f}  "
-                              f"copy {row['copy_gbps']:6.0f} GB/s  ours/copy {row['ours_over_copy']:.2f}  "
-                              f"ours/torch {row['ours_over_torch']:.2f}  max|ours-torch| {row['max_err']:.1e}",
-                              flush=True)
+    # point by point, the sweep (if any) and then the measurement: a run cut short keeps whole points
+    with CsvLog(sweep_path) as sweep_log, CsvLog(path) as log:
+        for op, dtype_name, total, n in points:
+            winner = None
+            if tuning:
+                rows = sweep_point(ft, op, dtypes[dtype_name], n, total, device, time_of, args.sweep_repeats)
+                for r in rows:
+                    r["device"] = name
+                sweep_log.write(rows)
+                best = max(rows, key=lambda r: r["ours_gbps"])
+                default = next(r for r in rows if r["default"])
+                winner = ft.LaunchConfig(*(best[f] for f in ft.LaunchConfig._fields))
+                print(f"  sweep {op:10s} {dtype_name:8s} {rows[0]['n_rows']:6d} x {n:6d}  "
+                      f"copy {best['copy_gbps']:6.0f} torch {best['torch_gbps']:6.0f} GB/s | "
+                      f"default {default['ours_gbps']:6.0f} ({default['over_copy']:.2f} of copy) | "
+                      f"best {best['ours_gbps']:6.0f} ({best['over_copy']:.2f}, "
+                      f"{best['over_torch']:.2f}x torch): {describe(best)}", flush=True)
+                print(f"  WINNER {op} {dtype_name} rows={rows[0]['n_rows']} n={n}: {tuple(winner)}  "
+                      f"default {tuple(ft.choose_config(rows[0]['n_rows'], n, dtypes[dtype_name]))}", flush=True)
+                if args.sweep:
+                    continue
+            row = measure_point(ft, op, dtypes[dtype_name], n, total, device, time_of,
+                                compiled_softmax if op == "softmax" else compiled_layer_norm,
+                                args.repeats, cfg=winner)
+            row["device"] = name
+            log.write(row)
+            rows_out.append(row)
+            print(f"  {op:10s} {dtype_name:8s} {row['n_rows']:7d} x {n:6d}  "
+                  f"ours {row['ours_gbps']:6.0f} [{row['ours_gbps_min']:.0f}-{row['ours_gbps_max']:.0f}]  "
+                  f"torch {row['torch_gbps']:6.0f}  compiled {row['compiled_gbps']:6.0f}  "
+                  f"copy {row['copy_gbps']:6.0f} GB/s  ours/copy {row['ours_over_copy']:.2f}  "
+                  f"ours/torch {row['ours_over_torch']:.2f}  max|ours-torch| {row['max_err']:.1e}",
+                  flush=True)
+    if sweep_path:
+        print(f"wrote {sweep_path}")
+    if args.sweep:
+        return
     summary(rows_out)
     if args.smoke:
         print("(smoke run: the kernels ran under the Triton interpreter on the CPU; these numbers mean nothing)")
@@ -413,7 +472,13 @@ def main():
     parser.add_argument("--warmup-ms", type=float, default=10, help="do_bench warmup per timing")
     parser.add_argument("--rep-ms", type=float, default=40, help="do_bench budget per timing")
     parser.add_argument("--sweep", action="store_true",
-                        help="time a grid of launch configurations per point (fused_bandwidth_sweep.csv)")
+                        help="only time a grid of launch configurations per point (fused_bandwidth_sweep.csv)")
+    parser.add_argument("--tune", action="store_true",
+                        help="the sweep, then the full measurement with each point's winner (both CSVs)")
+    parser.add_argument("--sweep-repeats", type=int, default=3, help="timings per candidate in the sweep")
+    parser.add_argument("--warm", type=int, default=0, metavar="N",
+                        help="compile the sweep's candidates in N processes first")
+    parser.add_argument("--no-compiled", action="store_true", help="leave out torch.compile (it compiles per shape)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny CPU run under TRITON_INTERPRET=1 to check the script (float32/float16 only)")
     args = parser.parse_args()
@@ -427,6 +492,7 @@ def main():
         args.lengths = [n for n in args.lengths if n <= 4096][:2] + [20000]   # one looped length too
         args.dtypes = [d for d in args.dtypes if d != "bfloat16"] or ["float32"]   # no bfloat16 in the interpreter
         args.repeats = min(args.repeats, 2)
+        args.sweep_repeats = min(args.sweep_repeats, 2)
     run(args)
 
 
