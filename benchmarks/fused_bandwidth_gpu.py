@@ -332,8 +332,11 @@ def run(args):
     dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     name = device_name() if device == "cuda" else "cpu (TRITON_INTERPRET=1 smoke run)"
     print(f"device {name}; torch {torch.__version__}; totals {args.totals} elements; {args.repeats} repeats")
-    points = [(op, dtype_name, total, n) for op in args.ops for dtype_name in args.dtypes
-              for total in args.totals for n in args.lengths]
+    # both ops at each size in turn (a run cut short keeps both ops of the sizes it reached), then --shapes
+    points = [(op, dtype_name, total, n) for dtype_name in args.dtypes for total in args.totals
+              for n in args.lengths for op in args.ops]
+    points += [(op, dtype_name, rows * n, n) for rows, n in args.shapes for dtype_name in args.dtypes
+               for op in args.ops]
     tuning = args.sweep or args.tune
     if tuning and not (hasattr(ft, "choose_config") and hasattr(ft, "LaunchConfig")):
         sys.exit(f"--sweep/--tune need choose_config and LaunchConfig in {args.impl or 'model'}.fused_ops_triton")
@@ -460,6 +463,11 @@ def _size(row, totals):
     return min(totals, key=lambda t: abs(row["total"] - t)) if totals != [None] else row["total"]
 
 
+def _shape(text):
+    rows, cols = text.lower().split("x")
+    return int(rows), int(cols)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, csv_name="fused_bandwidth_gpu.csv")
@@ -469,6 +477,8 @@ def main():
     parser.add_argument("--lengths", type=int, nargs="+", default=DEFAULT_LENGTHS)
     parser.add_argument("--totals", type=int, nargs="+", default=DEFAULT_TOTALS,
                         help="elements per point (rows = total // n), one panel each")
+    parser.add_argument("--shapes", type=_shape, nargs="*", default=[], metavar="ROWSxCOLS",
+                        help="more points, e.g. 4096x1024 64x65536 (few long rows, small totals)")
     parser.add_argument("--warmup-ms", type=float, default=10, help="do_bench warmup per timing")
     parser.add_argument("--rep-ms", type=float, default=40, help="do_bench budget per timing")
     parser.add_argument("--sweep", action="store_true",
@@ -490,6 +500,7 @@ def main():
         os.environ["TRITON_INTERPRET"] = "1"
         args.totals = [min(t, 2 ** 14) for t in args.totals][:1]
         args.lengths = [n for n in args.lengths if n <= 4096][:2] + [20000]   # one looped length too
+        args.shapes = [(r, c) for r, c in args.shapes if r * c <= 2 ** 14]
         args.dtypes = [d for d in args.dtypes if d != "bfloat16"] or ["float32"]   # no bfloat16 in the interpreter
         args.repeats = min(args.repeats, 2)
         args.sweep_repeats = min(args.sweep_repeats, 2)
