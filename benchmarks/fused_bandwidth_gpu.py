@@ -191,7 +191,11 @@ def measure_point(ft, op, dtype, n, total, device, time_of, compiled_fn, repeats
         calls = {"ours": with_config(ft, ours_call(ft, op, x, w, b), cfg if chosen_by == "sweep" else None),
                  **baseline_calls(op, x, w, b, compiled_fn)}
         # correctness first: a fast wrong kernel is not a result
-        max_err = (calls["ours"]().float() - calls["torch"]().float()).abs().max().item()
+        try:
+            max_err = (calls["ours"]().float() - calls["torch"]().float()).abs().max().item()
+        except Exception as err:  # noqa: BLE001 - e.g. a compile failure: report the point and go on
+            print(f"  ours failed at {op} n={n}: {type(err).__name__}: {str(err)[:400]}", flush=True)
+            return None
         times = time_interleaved(runnable(calls, f"n={n}"), repeats=repeats, timer=time_of)
     row = dict(op=op, dtype=str(dtype).replace("torch.", ""), n_cols=n, n_rows=x.shape[0], bytes=bytes_moved)
     for method in METHODS:
@@ -211,6 +215,7 @@ def candidates(ft, n_rows, n_cols, dtype):
     rows per program (BLOCK_M) halved and doubled, warps halved and doubled, prefetching (num_stages)
     and the persistent grid switched, and for long rows the looped kernel's block width and warps
     against a whole row in registers."""
+    import torch
     import triton
     whole = triton.next_power_of_2(n_cols)
     d = ft.choose_config(n_rows, n_cols, dtype)
@@ -222,19 +227,23 @@ def candidates(ft, n_rows, n_cols, dtype):
             seen.add(cfg)
             out.append(cfg)
 
-    def persistent(warps):
-        return max(1, 1024 // (32 * warps))                             # choose_config's programs per SM
+    itemsize = torch.empty((), dtype=dtype).element_size()
+
+    def persistent(block_m, warps, stages=2):                           # choose_config's programs per SM
+        return max(1, ft.persistent_programs_per_sm(block_m * whole * itemsize, warps, stages))
     add(*d)                                                             # the default first
     if not d.looped:
         for block_m in (d.BLOCK_M // 2, d.BLOCK_M * 2):                 # rows per program
             if block_m * whole <= 32768:
                 warps = max(4, min(16, block_m * whole // (16 * 32)))
-                add(block_m, whole, warps, d.num_stages, False, persistent(warps) if d.programs_per_sm else 0)
+                add(block_m, whole, warps, d.num_stages, False,
+                    persistent(block_m, warps, d.num_stages) if d.programs_per_sm else 0)
         for warps in (d.num_warps // 2, d.num_warps * 2):               # threads per tile
-            add(d.BLOCK_M, whole, warps, d.num_stages, False, persistent(warps) if d.programs_per_sm else 0)
+            add(d.BLOCK_M, whole, warps, d.num_stages, False,
+                persistent(d.BLOCK_M, warps, d.num_stages) if d.programs_per_sm else 0)
         add(d.BLOCK_M, whole, d.num_warps, 1, False, 0)                 # one program per tile, no prefetch
-        add(d.BLOCK_M, whole, d.num_warps, 1, False, persistent(d.num_warps))   # persistent, no prefetch
-        add(d.BLOCK_M, whole, d.num_warps, 2, False, persistent(d.num_warps))   # persistent, prefetch
+        add(d.BLOCK_M, whole, d.num_warps, 1, False, persistent(d.BLOCK_M, d.num_warps, 1))   # no prefetch
+        add(d.BLOCK_M, whole, d.num_warps, 2, False, persistent(d.BLOCK_M, d.num_warps, 2))   # prefetch
     if n_cols > 8192:                                                   # long rows: looped, two reads of x
         for block_n in (4096, 8192, 16384):
             for warps in (8, 16):
@@ -358,8 +367,11 @@ def run(args):
                 for r in rows:
                     r["device"] = name
                 sweep_log.write(rows)
+                if not rows:
+                    print(f"  sweep {op} {dtype_name} n={n}: no candidate ran", flush=True)
+                    continue
                 best = max(rows, key=lambda r: r["ours_gbps"])
-                default = next(r for r in rows if r["default"])
+                default = next((r for r in rows if r["default"]), {"ours_gbps": float("nan"), "over_copy": float("nan")})
                 winner = ft.LaunchConfig(*(best[f] for f in ft.LaunchConfig._fields))
                 print(f"  sweep {op:10s} {dtype_name:8s} {rows[0]['n_rows']:6d} x {n:6d}  "
                       f"copy {best['copy_gbps']:6.0f} torch {best['torch_gbps']:6.0f} GB/s | "
@@ -373,6 +385,8 @@ def run(args):
             row = measure_point(ft, op, dtypes[dtype_name], n, total, device, time_of,
                                 compiled_softmax if op == "softmax" else compiled_layer_norm,
                                 args.repeats, cfg=winner)
+            if row is None:
+                continue
             row["device"] = name
             log.write(row)
             rows_out.append(row)

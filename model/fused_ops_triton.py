@@ -80,6 +80,8 @@ MAX_ROWS_PER_PROGRAM = 16  # ... but no more rows than this
 VALUES_PER_THREAD = 16     # num_warps is chosen so that each thread holds about this many values of the tile
 THREADS_PER_SM = 1024      # a persistent grid fills an SM up to this many threads (half of what it can hold,
                            # so that each thread may use up to 64 of the SM's 64k registers)
+SHARED_BYTES_PER_SM = 192 * 1024   # ... and up to this much shared memory (an H100/H200 SM has 228 KiB), which
+                                   # a prefetching loop uses: num_stages buffers of one tile per program
 INTERPRETER_SMS = 2        # under the interpreter there are no SMs: a small grid still exercises the tile loop
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"   # read once, as triton does when decorating
@@ -137,10 +139,25 @@ def choose_config(n_rows, n_cols, dtype, block_size=None):
         BLOCK_M = max(1, min(MAX_ROWS_PER_PROGRAM, TILE_BYTES // (BLOCK_N * itemsize),
                              triton.next_power_of_2(max(n_rows, 1))))
     num_warps = min(16, max(4, BLOCK_M * BLOCK_N // (VALUES_PER_THREAD * 32)))
-    resident = max(1, THREADS_PER_SM // (32 * num_warps)) * _sm_count()   # programs the GPU runs at once
-    if not looped and triton.cdiv(max(n_rows, 1), BLOCK_M) > resident:
-        return LaunchConfig(BLOCK_M, BLOCK_N, num_warps, 2, False, resident // _sm_count())
-    return LaunchConfig(BLOCK_M, BLOCK_N, num_warps, 2 if looped else 1, looped, 0)
+    tile_bytes = BLOCK_M * BLOCK_N * itemsize
+    if looped:
+        return LaunchConfig(BLOCK_M, BLOCK_N, num_warps, 2, True, 0)
+    per_sm = persistent_programs_per_sm(tile_bytes, num_warps, 2)
+    if per_sm and triton.cdiv(max(n_rows, 1), BLOCK_M) > per_sm * _sm_count():
+        return LaunchConfig(BLOCK_M, BLOCK_N, num_warps, 2, False, per_sm)
+    return LaunchConfig(BLOCK_M, BLOCK_N, num_warps, 1, False, 0)
+
+
+def persistent_programs_per_sm(tile_bytes, num_warps, num_stages):
+    """Programs of a persistent grid per SM (given): as many as fit at once, by threads
+    (THREADS_PER_SM) and, when the loop prefetches, by shared memory (num_stages
+    buffers of a tile each). 0: not even one fits; do not prefetch then. A persistent
+    grid larger than what fits would leave programs waiting for a free SM, each with a
+    long list of tiles: the very tail the grid was meant to remove."""
+    by_threads = max(1, THREADS_PER_SM // (32 * num_warps))
+    if num_stages <= 1:
+        return by_threads
+    return min(by_threads, SHARED_BYTES_PER_SM // (num_stages * tile_bytes))
 
 
 def launch_grid(n_rows, config, device=None):

@@ -24,10 +24,12 @@ lse -inf and zero gradients.
 Where it runs: CUDA in float16, bfloat16 and float32 (float32 matmuls in full
 IEEE precision, not TF32: float32 is the "check my answer" dtype here), and CPU
 tensors under TRITON_INTERPRET=1 (float32/float16), which is how the CPU-only CI
-runs it. Tested on an H100 (Triton 3.6, torch 2.11) and under the interpreter (Triton 3.9).
+runs it. Tested on an H100 and an H200 (Triton 3.6, torch 2.11) and under the interpreter
+(Triton 3.9); the committed benchmark results are the H200's (the H100's are kept in
+benchmarks/results/h100/).
 
 Speed notes. Block sizes, warps and pipeline stages come from a small table
-per kernel and head dim (GPU_TILES, measured on an H100). Two tricks from the FlashAttention
+per kernel and head dim (GPU_TILES, picked by a sweep on an H100; see below). Two tricks from the FlashAttention
 papers matter most: key tiles that need no mask (wholly below the diagonal,
 wholly inside the window, wholly inside Lk) run a loop without any masking
 code, and exponentials are exp2 with log2(e) folded into the scale.
@@ -559,7 +561,8 @@ def _bwd_dq_kernel(Q, K, V, dOut, LSE, Delta, dQ,
 # Launch configuration: (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and
 # head-dim class, picked by `benchmarks/flash_attention_gpu.py --sweep` on an
 # H100 (float16, L = 8k, causal and not; the sweep's candidates and timings are
-# in the lesson text). Fixed rather than autotuned per call: autotuning compiles
+# in the lesson text); the committed H200 results were measured after the same
+# sweep re-ran on the H200. Fixed rather than autotuned per call: autotuning compiles
 # every candidate for every new shape, which costs more than it wins here.
 # What the winners say: 3 pipeline stages (two K/V tiles loading while a third
 # is multiplied) beat 2 everywhere; the backward prefers 128-key tiles, whose
