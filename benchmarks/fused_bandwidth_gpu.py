@@ -234,7 +234,7 @@ def candidates(ft, n_rows, n_cols, dtype):
     add(*d)                                                             # the default first
     if not d.looped:
         for block_m in (d.BLOCK_M // 2, d.BLOCK_M * 2):                 # rows per program
-            if block_m * whole <= 32768:
+            if 1 <= block_m and block_m * whole <= 32768:
                 warps = max(4, min(16, block_m * whole // (16 * 32)))
                 add(block_m, whole, warps, d.num_stages, False,
                     persistent(block_m, warps, d.num_stages) if d.programs_per_sm else 0)

@@ -22,8 +22,9 @@ changes the arithmetic:
   - several rows per program (BLOCK_M > 1, a 2-D (BLOCK_M, BLOCK_N) tile) for
     short rows, so that each program moves enough bytes to keep the memory busy;
   - a persistent grid: a fixed number of programs (a few per SM) that walk the
-    tiles with a stride of the grid size, so the launch and the tail of the last
-    wave are paid once, and layer norm loads w and b once per program.
+    tiles with a stride of the grid size, so the tail of the last wave is paid
+    once, and (num_stages = 2) each program loads its next tile while it reduces
+    this one.
 choose_config below picks BLOCK_M, BLOCK_N, num_warps and the grid from the
 shape, and says why.
 Two strategies per kernel:
@@ -118,9 +119,8 @@ def choose_config(n_rows, n_cols, dtype, block_size=None):
       once (THREADS_PER_SM / (32 num_warps) programs each), a persistent grid of
       that many programs per SM walks them, and with num_stages = 2 each program
       loads its next tile while it reduces this one: no tail of a part-filled last
-      wave, no gap between one program's end and the next one's first load, and
-      layer norm loads w and b once per program. With fewer tiles, one program
-      per tile. The looped kernel always prefetches its next block (num_stages = 2).
+      wave, and no gap between one program's end and the next one's first load.
+      With fewer tiles, one program per tile. The looped kernel always prefetches its next block (num_stages = 2).
     The constants were checked with the sweep of benchmarks/fused_bandwidth_gpu.py
     (--sweep) on an H200; the lesson text gives the measured figures.
     """
@@ -240,7 +240,7 @@ def layer_norm_kernel(out_ptr, x_ptr, w_ptr, b_ptr, n_rows, n_cols, stride_xm, s
         mean = sum(x) / n,  var = sum((x - mean)^2) / n (biased),  rstd = 1 / sqrt(var + eps),
         out = (x - mean) * rstd * w + b,
     w, b: (n_cols,) read through w_ptr, b_ptr only when HAS_WEIGHT / HAS_BIAS.
-    Reads x once (and w, b once per program), writes out once."""
+    Reads x once (and w, b once per tile), writes out once."""
     raise NotImplementedError("L08: implement layer_norm_kernel in model/fused_ops_triton.py (see tutorial/L08_fused_ops/README.md)")
 
 

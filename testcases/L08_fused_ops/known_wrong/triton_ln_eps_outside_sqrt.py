@@ -8,10 +8,6 @@ def layer_norm_kernel(out_ptr, x_ptr, w_ptr, b_ptr, n_rows, n_cols, stride_xm, s
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
     offs_n = tl.arange(0, BLOCK_N)
     col_mask = offs_n < n_cols
-    if HAS_WEIGHT:
-        w = tl.load(w_ptr + offs_n, mask=col_mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        b = tl.load(b_ptr + offs_n, mask=col_mask, other=0.0).to(tl.float32)
     n_tiles = tl.cdiv(n_rows, BLOCK_M)
     for tile in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), num_stages=NUM_STAGES):
         offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -25,8 +21,8 @@ def layer_norm_kernel(out_ptr, x_ptr, w_ptr, b_ptr, n_rows, n_cols, stride_xm, s
         rstd = 1.0 / (tl.sqrt(var) + eps)
         y = xc * rstd[:, None]
         if HAS_WEIGHT:
-            y = y * w[None, :]
+            y = y * tl.load(w_ptr + offs_n, mask=col_mask, other=0.0).to(tl.float32)[None, :]
         if HAS_BIAS:
-            y = y + b[None, :]
+            y = y + tl.load(b_ptr + offs_n, mask=col_mask, other=0.0).to(tl.float32)[None, :]
         tl.store(out_ptr + rows * stride_om + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask,
                  eviction_policy="evict_first")
