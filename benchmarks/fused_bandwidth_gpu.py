@@ -138,8 +138,13 @@ def runnable(calls, where):
             fn()
             ok[name] = fn
         except Exception as err:  # noqa: BLE001 - e.g. torch.compile without a C++ compiler on a CPU box
-            print(f"  {name} failed at {where}: {type(err).__name__}: {str(err)[:200]}")
+            _FAILURES.append(name)
+            detail = str(err) if len(_FAILURES) <= 2 else str(err)[:200]   # the first ones in full, to debug
+            print(f"  {name} failed at {where}: {type(err).__name__}: {detail}")
     return ok
+
+
+_FAILURES = []
 
 
 def gbps_fields(method, bytes_moved, times):
