@@ -214,7 +214,7 @@ def softmax_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
         m_i = tl.max(x, axis=1)                                         # (BLOCK_M,)
         m_i = tl.where(m_i == float("-inf"), 0.0, m_i)                  # all -inf row: avoid -inf - (-inf) = nan
         # -- p and l_i: exponentials and their row sum, all in registers --
-        p = tl.exp2((x - m_i[:, None]) * LOG2E)                         # e^(x - m) = 2^((x - m) log2 e): subtract first (exact)
+        p = tl.math.exp2((x - m_i[:, None]) * LOG2E)                    # e^(x-m) = 2^((x-m) log2 e), x - m first
         l_i = tl.sum(p, axis=1)                                         # (BLOCK_M,), >= 1 unless the row is empty
         inv_l = 1.0 / tl.where(l_i > 0.0, l_i, 1.0)                     # empty row: p is all 0, 0 * 1 = 0
         # -- epilogue: the ONE write, in out's dtype; nothing here reads it again soon --
@@ -250,8 +250,8 @@ def softmax_looped_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
                         eviction_policy="evict_last").to(tl.float32)
             m_new = tl.maximum(m_i, tl.max(x, axis=1))                  # (BLOCK_M,)
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)      # nothing finite yet: keep exps at 0
-            alpha = tl.exp2((m_i - m_safe) * LOG2E)                     # rescale the old sum to the new max
-            l_i = l_i * alpha + tl.sum(tl.exp2((x - m_safe[:, None]) * LOG2E), axis=1)
+            alpha = tl.math.exp2((m_i - m_safe) * LOG2E)                # rescale the old sum to the new max
+            l_i = l_i * alpha + tl.sum(tl.math.exp2((x - m_safe[:, None]) * LOG2E), axis=1)
             m_i = m_new
         m_i = tl.where(m_i == float("-inf"), 0.0, m_i)                  # all -inf row
         inv_l = 1.0 / tl.where(l_i > 0.0, l_i, 1.0)
@@ -262,7 +262,7 @@ def softmax_looped_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
             mask = row_mask[:, None] & (offs_n[None, :] < n_cols)
             x = tl.load(x_rows + offs_n[None, :], mask=mask, other=float("-inf"),
                         eviction_policy="evict_first").to(tl.float32)
-            out = tl.exp2((x - m_i[:, None]) * LOG2E) * inv_l[:, None]
+            out = tl.math.exp2((x - m_i[:, None]) * LOG2E) * inv_l[:, None]
             tl.store(out_rows + offs_n[None, :], out.to(out_ptr.dtype.element_ty), mask=mask,
                      eviction_policy="evict_first")
     ### END SOLUTION

@@ -16,7 +16,7 @@ def softmax_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
                     eviction_policy="evict_first")
         x = x.to(tl.float32)
         m_i = tl.max(x, axis=1)
-        p = tl.exp2((x - m_i[:, None]) * LOG2E)
+        p = tl.math.exp2((x - m_i[:, None]) * LOG2E)
         l_i = tl.sum(p, axis=1)
         inv_l = 1.0 / tl.where(l_i > 0.0, l_i, 1.0)
         out = p * inv_l[:, None]
@@ -42,8 +42,8 @@ def softmax_looped_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
                         eviction_policy="evict_last").to(tl.float32)
             m_new = tl.maximum(m_i, tl.max(x, axis=1))
             m_safe = m_new
-            alpha = tl.exp2((m_i - m_safe) * LOG2E)
-            l_i = l_i * alpha + tl.sum(tl.exp2((x - m_safe[:, None]) * LOG2E), axis=1)
+            alpha = tl.math.exp2((m_i - m_safe) * LOG2E)
+            l_i = l_i * alpha + tl.sum(tl.math.exp2((x - m_safe[:, None]) * LOG2E), axis=1)
             m_i = m_new
         inv_l = 1.0 / tl.where(l_i > 0.0, l_i, 1.0)
         out_rows = out_ptr + rows * stride_om
@@ -52,6 +52,6 @@ def softmax_looped_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
             mask = row_mask[:, None] & (offs_n[None, :] < n_cols)
             x = tl.load(x_rows + offs_n[None, :], mask=mask, other=float("-inf"),
                         eviction_policy="evict_first").to(tl.float32)
-            out = tl.exp2((x - m_i[:, None]) * LOG2E) * inv_l[:, None]
+            out = tl.math.exp2((x - m_i[:, None]) * LOG2E) * inv_l[:, None]
             tl.store(out_rows + offs_n[None, :], out.to(out_ptr.dtype.element_ty), mask=mask,
                      eviction_policy="evict_first")

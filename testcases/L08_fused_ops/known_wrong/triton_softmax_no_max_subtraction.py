@@ -17,7 +17,7 @@ def softmax_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
         x = x.to(tl.float32)
         m_i = tl.max(x, axis=1)
         m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
-        p = tl.exp2(x * LOG2E)
+        p = tl.math.exp2(x * LOG2E)
         l_i = tl.sum(p, axis=1)
         inv_l = 1.0 / tl.where(l_i > 0.0, l_i, 1.0)
         out = p * inv_l[:, None]
@@ -43,8 +43,8 @@ def softmax_looped_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
                         eviction_policy="evict_last").to(tl.float32)
             m_new = tl.maximum(m_i, tl.max(x, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2((m_i - m_safe) * LOG2E)
-            l_i = l_i + tl.sum(tl.exp2(x * LOG2E), axis=1)
+            alpha = tl.math.exp2((m_i - m_safe) * LOG2E)
+            l_i = l_i + tl.sum(tl.math.exp2(x * LOG2E), axis=1)
             m_i = m_new
         m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
         inv_l = 1.0 / tl.where(l_i > 0.0, l_i, 1.0)
@@ -54,6 +54,6 @@ def softmax_looped_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
             mask = row_mask[:, None] & (offs_n[None, :] < n_cols)
             x = tl.load(x_rows + offs_n[None, :], mask=mask, other=float("-inf"),
                         eviction_policy="evict_first").to(tl.float32)
-            out = tl.exp2(x * LOG2E) * inv_l[:, None]
+            out = tl.math.exp2(x * LOG2E) * inv_l[:, None]
             tl.store(out_rows + offs_n[None, :], out.to(out_ptr.dtype.element_ty), mask=mask,
                      eviction_policy="evict_first")

@@ -17,7 +17,7 @@ def softmax_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
         x = x.to(tl.float32)
         m_i = tl.max(x, axis=0)
         m_i = tl.where(m_i == float("-inf"), 0.0, m_i)
-        p = tl.exp2((x - m_i[None, :]) * LOG2E)
+        p = tl.math.exp2((x - m_i[None, :]) * LOG2E)
         l_i = tl.sum(p, axis=0)
         inv_l = 1.0 / tl.where(l_i > 0.0, l_i, 1.0)
         out = p * inv_l[None, :]
