@@ -105,9 +105,10 @@ def choose_config(n_rows, n_cols, dtype, block_size=None):
     latency (about a microsecond), without running out of registers.
     BLOCK_N: the whole row rounded up to a power of two (tl.arange needs one) up
       to SINGLE_BLOCK_MAX; past it the looped kernel walks the row in
-      LOOP_BLOCK_SIZE steps. A whole row of 32k float32 values needs 64 registers
-      a thread even at 16 warps: one program fills an SM's register file, and
-      with one program per SM nothing overlaps its loads with its reductions.
+      LOOP_BLOCK_SIZE steps. A whole row of 32k values needs about 100
+      registers a thread at 16 warps (128, and spills, for layer norm; compiled
+      for sm_90): one program fills an SM's register file, and with one program
+      per SM nothing overlaps its loads with its reductions.
       `block_size` forces the block width (a power of two): rows longer than it
       take the looped strategy (how the tests reach it on small inputs).
     BLOCK_M: short rows are packed into one tile until it holds TILE_BYTES of x,
@@ -120,7 +121,8 @@ def choose_config(n_rows, n_cols, dtype, block_size=None):
       that many programs per SM walks them, and with num_stages = 2 each program
       loads its next tile while it reduces this one: no tail of a part-filled last
       wave, and no gap between one program's end and the next one's first load.
-      With fewer tiles, one program per tile. The looped kernel always prefetches its next block (num_stages = 2).
+      With fewer tiles, one program per tile. The looped kernel always prefetches
+      its next block (num_stages = 2).
     The constants were checked with the sweep of benchmarks/fused_bandwidth_gpu.py
     (--sweep) on an H200; the lesson text gives the measured figures.
     """
@@ -194,6 +196,8 @@ def softmax_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
     past n_cols must be masked. Per row, in float32:
         out = exp(x - max) / sum(exp(x - max)),
     stored in out's dtype; a row that is entirely -inf gives zeros (not NaN).
+    NUM_STAGES: the tile loop's pipelining depth (tl.range(..., num_stages=NUM_STAGES);
+    1: none, 2: the next tile is loaded while this one is reduced).
     Reads x once, writes out once."""
     raise NotImplementedError("L08: implement softmax_kernel in model/fused_ops_triton.py (see tutorial/L08_fused_ops/README.md)")
 
@@ -206,7 +210,8 @@ def softmax_looped_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
     row in blocks of BLOCK_N. Pass 1 computes the max and the sum TOGETHER, in
     one read: a running max m_i and a running sum l_i of exp(x - m_i), l_i
     rescaled by exp(m_old - m_new) whenever the max grows. Pass 2 writes
-    exp(x - m_i) / l_i. Reads x twice (no more), writes out once."""
+    exp(x - m_i) / l_i. Reads x twice (no more), writes out once. NUM_STAGES
+    applies to the two loops along the row (2: the next block is prefetched)."""
     raise NotImplementedError("L08: implement softmax_looped_kernel in model/fused_ops_triton.py (see tutorial/L08_fused_ops/README.md)")
 
 
