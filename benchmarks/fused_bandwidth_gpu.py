@@ -90,11 +90,81 @@ def compiled(fn):
 
 
 def make_timer(device, args):
-    """seconds per call: do_bench (L2 flushed) on the GPU, a wall-clock median on the CPU smoke run."""
+    """How calls are timed (see timed): CUDA-graph replays (default on a GPU), eager calls through
+    do_bench (L2 flushed), or a wall-clock median on the CPU smoke run."""
+    import types
+
+    import torch
+
     from coursekit.bench import gpu_time, median_time
-    if device == "cuda":
-        return lambda fn: gpu_time(fn, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms)
-    return lambda fn: median_time(fn, warmup=1, repeat=2)
+    if device != "cuda":
+        return types.SimpleNamespace(graphs=False, eager=lambda fn: median_time(fn, warmup=1, repeat=2))
+    return types.SimpleNamespace(
+        graphs=args.timing == "graph", k=args.graph_calls,
+        eager=lambda fn: gpu_time(fn, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms),
+        cache=torch.empty(256 * 2 ** 20 // 4, dtype=torch.int32, device="cuda"))   # do_bench's L2 flush buffer
+
+
+def capture(call, k, cache):
+    """A CUDA graph of k x (flush L2, call()), or None where call cannot be captured. Replayed, it runs
+    the op k times, each reading its input from HBM, with no host work between the kernels: the GPU's
+    time. (An eager call of a Triton kernel costs the host 100+ us on the H200 machine used here, more
+    than the kernel itself at these sizes, and do_bench's flush hides only ~70 us of it.)"""
+    import torch
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):       # warm-up off the capture (allocator, compiled kernels)
+            for _ in range(2):
+                call() if call is not None else cache.zero_()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(k):
+                cache.zero_()
+                if call is not None:
+                    call()
+        graph.replay()                      # the first replay uploads the graph
+        torch.cuda.synchronize()
+        return graph
+    except Exception as err:  # noqa: BLE001 - reported, and the call is timed eagerly instead
+        print(f"    graph capture failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+        torch.cuda.synchronize()
+        return None
+
+
+def replay_seconds(graph, k):
+    import torch
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / k
+
+
+def timed(calls, repeats, timing):
+    """{name: [seconds per call, ...]}: every call timed `repeats` times, the calls taken in turn
+    (coursekit.bench.time_interleaved). With timing.graphs each timing is one replay of a CUDA graph of
+    k x (flush, call), less the median of a graph of k flushes timed in the same turns."""
+    import statistics
+
+    if not timing.graphs:
+        return time_interleaved(calls, repeats=repeats, timer=timing.eager)
+    graphs, eager = {}, {}
+    for name, call in calls.items():
+        graph = capture(call, timing.k, timing.cache)
+        if graph is None:
+            eager[name] = call
+        else:
+            graphs[name] = graph
+    graphs[" flush"] = capture(None, timing.k, timing.cache)
+    times = time_interleaved(graphs, repeats=repeats, timer=lambda g: replay_seconds(g, timing.k))
+    flush = statistics.median(times.pop(" flush"))
+    out = {name: [max(t - flush, 1e-9) for t in ts] for name, ts in times.items()}
+    if eager:
+        out.update(time_interleaved(eager, repeats=repeats, timer=timing.eager))
+    return out
 
 
 def make_input(op, dtype, n, total, device):
@@ -201,13 +271,13 @@ def measure_point(ft, op, dtype, n, total, device, time_of, compiled_fn, repeats
         except Exception as err:  # noqa: BLE001 - e.g. a compile failure: report the point and go on
             print(f"  ours failed at {op} n={n}: {type(err).__name__}: {str(err)[:400]}", flush=True)
             return None
-        times = time_interleaved(runnable(calls, f"n={n}"), repeats=repeats, timer=time_of)
+        times = timed(runnable(calls, f"n={n}"), repeats, time_of)
     row = dict(op=op, dtype=str(dtype).replace("torch.", ""), n_cols=n, n_rows=x.shape[0], bytes=bytes_moved)
     for method in METHODS:
         row.update(gbps_fields(method, bytes_moved, times.get(method, [])))
     row.update(ours_over_copy=_ratio(row["ours_gbps"], row["copy_gbps"]),
                ours_over_torch=_ratio(row["ours_gbps"], row["torch_gbps"]),
-               max_err=float(f"{max_err:.3g}"), runs=repeats)
+               max_err=float(f"{max_err:.3g}"), runs=repeats, timing="graph" if time_of.graphs else "eager")
     if cfg is not None:
         row.update(cfg._asdict(), config_from=chosen_by)
     return row
@@ -275,7 +345,7 @@ def sweep_point(ft, op, dtype, n, total, device, time_of, repeats):
     with torch.no_grad():
         calls.update(baseline_calls(op, x, w, b, None))
         ok = runnable(calls, f"n={n}")
-        times = time_interleaved(ok, repeats=repeats, timer=time_of)
+        times = timed(ok, repeats, time_of)
     ref = {m: gbps_fields(m, bytes_moved, times[m])[f"{m}_gbps"] for m in ("torch", "copy")}
     rows = []
     for cfg in configs:
@@ -285,7 +355,8 @@ def sweep_point(ft, op, dtype, n, total, device, time_of, repeats):
         rows.append(dict(op=op, dtype=str(dtype).replace("torch.", ""), n_cols=n, n_rows=x.shape[0],
                          **cfg._asdict(), default=cfg == default, **g, torch_gbps=ref["torch"],
                          copy_gbps=ref["copy"], over_copy=_ratio(g["ours_gbps"], ref["copy"]),
-                         over_torch=_ratio(g["ours_gbps"], ref["torch"]), runs=repeats))
+                         over_torch=_ratio(g["ours_gbps"], ref["torch"]), runs=repeats,
+                         timing="graph" if time_of.graphs else "eager"))
     return rows
 
 
@@ -471,6 +542,9 @@ def plot(csv_path, png_path):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="lower center")
     spread = "median of the repeats, bars min..max" if "ours_gbps_min" in rows[0] else "one timing per point"
+    if "timing" in rows[0]:
+        spread += ("; CUDA-graph replays (the GPU's time)" if rows[0]["timing"] == "graph"
+                   else "; eager calls (host launch work included)")
     fig.suptitle(f"{rows[0]['device']}: fixed total size per panel, rows = total / n; {spread}", fontsize=9)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
@@ -498,8 +572,12 @@ def main():
                         help="elements per point (rows = total // n), one panel each")
     parser.add_argument("--shapes", type=_shape, nargs="*", default=[], metavar="ROWSxCOLS",
                         help="more points, e.g. 4096x1024 64x65536 (few long rows, small totals)")
-    parser.add_argument("--warmup-ms", type=float, default=10, help="do_bench warmup per timing")
-    parser.add_argument("--rep-ms", type=float, default=40, help="do_bench budget per timing")
+    parser.add_argument("--timing", choices=["graph", "eager"], default="graph",
+                        help="graph: CUDA-graph replays, the GPU's time (default); eager: do_bench of the calls, "
+                             "host launch work included")
+    parser.add_argument("--graph-calls", type=int, default=10, help="calls (each after an L2 flush) per graph")
+    parser.add_argument("--warmup-ms", type=float, default=10, help="do_bench warmup per timing (eager)")
+    parser.add_argument("--rep-ms", type=float, default=40, help="do_bench budget per timing (eager)")
     parser.add_argument("--sweep", action="store_true",
                         help="only time a grid of launch configurations per point (fused_bandwidth_sweep.csv)")
     parser.add_argument("--tune", action="store_true",
