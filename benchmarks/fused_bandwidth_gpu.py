@@ -23,11 +23,18 @@ one length that is not a power of two), the same run times on the same x:
 Two sizes per row length (--totals): 2^25 elements (64 MiB in bfloat16, more
 than the H200's 50 MiB L2: many short rows, or 512 rows of 65536) and 2^22
 (4096 rows of 1024, or 64 rows of 65536: few long rows, where the grid is too
-small to fill 132 SMs one row per program). Timing: coursekit.bench
-(time_interleaved: every point timed --repeats times, the methods taken in turn
-so that a slow spell on a shared GPU hits them all; each timing is do_bench's
-median with L2 flushed). The CSV keeps the median GB/s (what the targets are
-judged on) and the min and max over the repeats (the spread).
+small to fill 132 SMs one row per program). Timing: every point is timed
+--repeats times (default 5), the methods taken in turn so that a slow spell on
+a shared GPU hits them all (coursekit.bench.time_interleaved). Each timing is,
+with --timing graph (the default), one replay of a CUDA graph of k x (L2 flush,
+call), less a graph of the k flushes alone timed in the same turns: the GPU's
+time, each call reading x from HBM. --timing eager times the calls with
+do_bench (L2 flushed) instead: that includes the host's work per call, which
+for a Triton kernel on the H200 machine used here (100+ us) exceeds the
+kernel's time at these sizes (the committed run, made that way, shows it: the
+times do not grow with the bytes). The CSV keeps the median GB/s (what the
+targets are judged on), the min and max over the repeats (the spread), the
+timing used, and the launch configuration ours ran with.
 
 Targets (printed at the end, on medians): at every row length from 1024 to
 65536, ours >= 0.85 of the copy's bandwidth and >= 1.0x torch. The looped
