@@ -44,8 +44,9 @@ read comes from L2.
 --sweep times a small grid of launch configurations per point (rows per
 program, warps, block width, persistent grid or not) by swapping the
 implementation's choose_config for each candidate, and writes
-fused_bandwidth_sweep.csv: that is how the constants of choose_config were
-picked. --smoke runs a tiny version on the CPU under TRITON_INTERPRET=1
+fused_bandwidth_sweep.csv (the tool for choosing choose_config's constants; the
+committed run's sweep was host-bound and decided nothing, see the lesson text);
+--tune runs the sweep and then measures each point with its winner. --smoke runs a tiny version on the CPU under TRITON_INTERPRET=1
 (median_time instead of CUDA events, torch.compile skipped if it fails) to
 check the script, not to measure anything. --plot redraws the PNG from a CSV
 (also the older CSVs, which have the GB/s columns but no spread).

@@ -123,8 +123,10 @@ def choose_config(n_rows, n_cols, dtype, block_size=None):
       wave, and no gap between one program's end and the next one's first load.
       With fewer tiles, one program per tile. The looped kernel always prefetches
       its next block (num_stages = 2).
-    The constants were checked with the sweep of benchmarks/fused_bandwidth_gpu.py
-    (--sweep) on an H200; the lesson text gives the measured figures.
+    The constants come from the reasoning above and the register counts of the
+    sm_90 compile; benchmarks/fused_bandwidth_gpu.py --sweep times the
+    alternatives on a GPU (its first H200 run timed eager calls and was
+    host-bound, so it could not decide between them: lesson text, section 10).
     """
     whole_row = triton.next_power_of_2(max(n_cols, 1))
     if block_size is not None:
