@@ -310,7 +310,7 @@ def candidates(ft, n_rows, n_cols, dtype):
             seen.add(cfg)
             out.append(cfg)
 
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
 
     def persistent(block_m, warps, stages=2):                           # choose_config's programs per SM
         return max(1, ft.persistent_programs_per_sm(block_m * whole * itemsize, warps, stages))

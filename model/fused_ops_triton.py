@@ -136,7 +136,7 @@ def choose_config(n_rows, n_cols, dtype, block_size=None):
     else:
         BLOCK_N = LOOP_BLOCK_SIZE
     looped = BLOCK_N < n_cols
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     if looped:
         BLOCK_M = 1                                        # a long row is enough work for a program
     else:
