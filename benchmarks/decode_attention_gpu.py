@@ -28,8 +28,9 @@ negligible); the copy's counts its read AND its write (2x the cache), so it is
 what HBM sustains when it streams, and ours / copy is the fraction of the
 machine's bandwidth the kernel reaches.
 
-The roof is the faster of the two copies (eager or graph). Each point is timed `--repeats` times, the methods interleaved (so drift of a
-shared GPU hits them alike); each timing is coursekit.bench.gpu_time (CUDA
+The roof is the faster of the two copies (eager or graph). Each point is timed
+`--repeats` times (default 5; coursekit.bench.time_interleaved), the methods
+interleaved (so drift of a shared GPU hits them alike); each timing is coursekit.bench.gpu_time (CUDA
 events, L2 flushed before each call, median over ~100 ms). The CSV keeps the
 median of the repeats and the min and max (the spread). Points whose cache (x 1.8,
 for the copy's target and workspace) does not fit in free memory are skipped.
@@ -42,9 +43,7 @@ Writes decode_attention_gpu.csv as it goes (no matplotlib needed on the GPU);
 --plot draws decode_attention_gpu.png and decode_attention_gpu_ratio.png from a CSV.
 """
 import argparse
-import csv
 import math
-import statistics
 import time
 from pathlib import Path
 
@@ -52,7 +51,9 @@ import _path  # noqa: F401  (before coursekit: the course folder on sys.path)
 import torch
 import torch.nn.functional as F
 
-FIELDS = ["batch", "heads", "kv_heads", "seq_len", "head_dim", "dtype", "method", "us", "us_min", "us_max",
+from coursekit.bench import CsvLog, add_common_args, device_name, read_csv, spread, time_interleaved
+
+FIELDS = ["batch", "heads", "kv_heads", "seq_len", "head_dim", "dtype", "method", "us", "us_min", "us_max", "runs",
           "gbps", "cache_bytes", "num_splits", "max_err", "device"]
 HEADS, HEAD_DIM = 32, 128
 SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
@@ -170,10 +171,8 @@ def measure_point(impl, batch, kv_heads, seq_len, dtype, args):
                 if graph is not None:
                     calls[f"{name}_graph"] = graph.replay
                     errors[f"{name}_graph"] = errors[name]
-        times = {name: [] for name in calls}
-        for _ in range(args.repeats):
-            for name, call in calls.items():
-                times[name].append(gpu_time(call, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms))
+        times = time_interleaved(calls, repeats=args.repeats,
+                                 timer=lambda call: gpu_time(call, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms))
     splits = None
     try:
         dat = impl.decode_attention_triton
@@ -182,14 +181,13 @@ def measure_point(impl, batch, kv_heads, seq_len, dtype, args):
         pass
     rows = []
     for name, ts in times.items():
-        med = statistics.median(ts)
+        fields = spread(ts)                                             # us, us_min, us_max, runs
         moved = 2 * nbytes if name.startswith("copy") else nbytes
         rows.append(dict(batch=batch, heads=HEADS, kv_heads=kv_heads, seq_len=seq_len, head_dim=HEAD_DIM,
-                         dtype=str(dtype).replace("torch.", ""), method=name, us=round(med * 1e6, 2),
-                         us_min=round(min(ts) * 1e6, 2), us_max=round(max(ts) * 1e6, 2),
-                         gbps=round(moved / med / 1e9, 1), cache_bytes=nbytes,
+                         dtype=str(dtype).replace("torch.", ""), method=name, **fields,
+                         gbps=round(moved / (fields["us"] * 1e-6) / 1e9, 1), cache_bytes=nbytes,
                          num_splits=splits if name.startswith("ours") else "", max_err=f"{errors[name]:.2e}",
-                         device=torch.cuda.get_device_name()))
+                         device=device_name()))
     del q, k, v, dst
     torch.cuda.empty_cache()
     return rows
@@ -326,7 +324,7 @@ def plot(csv_path, png_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(csv.DictReader(open(csv_path)))
+    rows = read_csv(csv_path)
     batches = sorted({int(r["batch"]) for r in rows})
     kv_heads = sorted({int(r["kv_heads"]) for r in rows}, reverse=True)
     graphs = any(r["method"].endswith("_graph") for r in rows)
@@ -396,12 +394,10 @@ def plot(csv_path, png_path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--impl", default=None, help="implementation package (default: $COURSE_IMPL or model)")
-    parser.add_argument("--out", default=None, help="folder for decode_attention_gpu.csv (and .png with matplotlib)")
+    add_common_args(parser, csv_name="decode_attention_gpu.csv")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--kv-heads", type=int, nargs="+", default=[32, 8, 1])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 32768, 65536, 131072])
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup-ms", type=float, default=10)
     parser.add_argument("--rep-ms", type=float, default=40)
     parser.add_argument("--math-max-gb", type=float, default=16, help="skip SDPA math when its repeated K, V exceed this")
@@ -409,7 +405,6 @@ def main():
     parser.add_argument("--no-graphs", dest="graphs", action="store_false",
                         help="do not time CUDA-graph replays next to the eager calls")
     parser.add_argument("--sweep", action="store_true", help="tune the split kernel first (prints a table)")
-    parser.add_argument("--plot", default=None, metavar="CSV", help="only draw the plot from CSV")
     args = parser.parse_args()
     if args.plot:
         plot(args.plot, Path(args.plot).with_suffix(".png"))
@@ -423,32 +418,22 @@ def main():
     if args.sweep:
         sweep(impl, args)
     out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
     rows = []
     start = time.time()
-    writer = None
-    f = open(out / "decode_attention_gpu.csv", "w", newline="") if out else None
-    if f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-    for batch in args.batches:
-        for kv_heads in args.kv_heads:
-            for seq_len in args.lengths:
-                if not fits(batch, kv_heads, seq_len):
-                    print(f"B={batch} Hkv={kv_heads} T={seq_len}: skipped, the cache does not fit in memory")
-                    continue
-                print(f"B={batch} Hkv={kv_heads} T={seq_len} ({time.time() - start:.0f} s)", flush=True)
-                point = measure_point(impl, batch, kv_heads, seq_len, torch.bfloat16, args)
-                for r in point:
-                    print(f"    {r['method']:9s} {r['us']:10.1f} us [{r['us_min']:.1f}, {r['us_max']:.1f}] "
-                          f"{r['gbps']:7.0f} GB/s  err {r['max_err']}")
-                rows += point
-                if writer:
-                    writer.writerows(point)
-                    f.flush()
-    if f:
-        f.close()
+    with CsvLog(out / "decode_attention_gpu.csv" if out else None, fields=FIELDS) as log:
+        for batch in args.batches:
+            for kv_heads in args.kv_heads:
+                for seq_len in args.lengths:
+                    if not fits(batch, kv_heads, seq_len):
+                        print(f"B={batch} Hkv={kv_heads} T={seq_len}: skipped, the cache does not fit in memory")
+                        continue
+                    print(f"B={batch} Hkv={kv_heads} T={seq_len} ({time.time() - start:.0f} s)", flush=True)
+                    point = measure_point(impl, batch, kv_heads, seq_len, torch.bfloat16, args)
+                    for r in point:
+                        print(f"    {r['method']:9s} {r['us']:10.1f} us [{r['us_min']:.1f}, {r['us_max']:.1f}] "
+                              f"{r['gbps']:7.0f} GB/s  err {r['max_err']}")
+                    rows += point
+                    log.write(point)
     report(rows)
     if args.graphs:
         report(rows, "_graph")

@@ -14,17 +14,20 @@ For each batch size and prompt length, in the same run:
 - prefill: one forward over B x P tokens filling the caches (ours: new_caches;
   Hugging Face: DynamicCache), tokens/s = B * P / time;
 - decode: N single-token greedy steps after it, tokens/s = B * N / time.
-Times are medians over --repeat runs with torch.cuda.synchronize around each
-phase (CUDA graphs and torch.compile are not used by either side); the spread
-(min - max) and the ratio ours / HF of the medians are printed and written to
-decoder_gpu.csv. Also checked: both generate the same greedy tokens on the
-first run (bfloat16 ties can make a token differ; the table says so), and, before
-the timing, how far each bfloat16 model's prefill logits are from the float32
-model's (same weights, RoPE frequencies in float32) and how often its top-1 token
-agrees with it. Hugging Face's bf16 model rounds its RoPE inverse frequencies to
-bf16 (`.to(bfloat16)` casts the inv_freq buffer), ours computes them in float32:
-at positions in the hundreds their angles differ by radians, so the two models'
-greedy tokens part early; the closeness line shows which one the float32 model agrees with.
+Each (batch, prompt) point is run --repeats times (default 5), ours and Hugging
+Face taken in turn (coursekit.bench.time_interleaved: a slow spell of a shared
+GPU hits both), with torch.cuda.synchronize around each phase (CUDA graphs and
+torch.compile are not used by either side); the medians, the spread (min - max)
+and the ratio ours / HF of the medians are printed and written to decoder_gpu.csv.
+Also checked: both generate the same greedy tokens on the first run (bfloat16
+ties can make a token differ; the table says so), and, before the timing, how
+far each bfloat16 model's prefill logits are from the float32 model's (same
+weights, RoPE frequencies in float32) and how often its top-1 token agrees with
+it. Hugging Face's bf16 model rounds its RoPE inverse frequencies to bf16
+(`.to(bfloat16)` casts the inv_freq buffer), ours computes them in float32: at
+positions in the hundreds their angles differ by radians, so the two models'
+greedy tokens part early; the closeness line shows which one the float32 model
+agrees with.
 
 What to look for: prefill is matmul-bound and the attention kernel matters at
 long prompts; decoding at batch 1 is bound by kernel-launch overhead of ~10
@@ -32,15 +35,13 @@ eager ops per layer on both sides, and by reading the weights and the KV cache
 at larger batches.
 """
 import argparse
-import csv
 import statistics
 import time
-from pathlib import Path
 
 import _path  # noqa: F401  (before coursekit: the course folder on sys.path)
 import torch
 
-from coursekit.bench import print_table
+from coursekit.bench import CsvLog, add_common_args, device_name, print_table, time_interleaved
 from coursekit.impl import Implementation
 from coursekit.reference import hf_decoder
 
@@ -67,7 +68,7 @@ def run_once(step_fn, prefill_fn, prompt, N):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--impl", default=None)
+    add_common_args(parser, csv_name="decoder_gpu.csv")
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--heads", type=int, default=16)
@@ -76,11 +77,11 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--prompts", type=int, nargs="+", default=[512, 4096])
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--backend", default="triton", choices=["triton", "reference"])
     parser.add_argument("--device", default="cuda", help="cuda; 'cpu' only for a smoke test of the script itself")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.plot:
+        raise SystemExit("decoder_gpu.py draws no plot: its CSV is a table (print it with column -s, -t)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("decoder_gpu.py needs a CUDA GPU (benchmarks/decoder_cpu.py runs on the CPU)")
     impl = Implementation(args.impl)
@@ -89,7 +90,7 @@ def main():
                     num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads, dtype=torch.bfloat16)
     hf = hf.to(device)
     ours = impl.decoder.Decoder.from_hf(hf).eval().set_attention_backend(args.backend)
-    name = torch.cuda.get_device_name() if device == "cuda" else device
+    name = device_name()
     print(f"implementation {impl.name}, {name}, torch {torch.__version__}; "
           f"{args.layers} layers, hidden {args.hidden}, {args.heads} heads, {args.kv_heads} kv heads, bfloat16; "
           f"ours: {args.backend} attention, HF: {hf.config._attn_implementation}")
@@ -129,34 +130,28 @@ def main():
                 return run_once(lambda t: hf(t, past_key_values=cache, use_cache=True).logits,
                                 lambda p: hf(p, past_key_values=cache, use_cache=True).logits, prompt, N)
 
-            times = {"ours": ([], []), "hf": ([], [])}
             with torch.inference_mode():
                 tokens = {name: run()[2] for name, run in (("ours", ours_run), ("hf", hf_run))}  # warm-up, compile
                 same = int((tokens["ours"] == tokens["hf"]).all(dim=0).long().cumprod(0).sum())  # leading equal
-                for _ in range(args.repeat):
-                    for name, run in (("ours", ours_run), ("hf", hf_run)):
-                        prefill_s, decode_s, _ = run()
-                        times[name][0].append(prefill_s)
-                        times[name][1].append(decode_s)
+                # each run times its own two phases: the "timer" returns (prefill s, decode s)
+                runs = time_interleaved({"ours": ours_run, "hf": hf_run}, repeats=args.repeats,
+                                        timer=lambda run: run()[:2])
             for phase, index, work in (("prefill", 0, B * P), ("decode", 1, B * (N - 1))):
-                ours_rates = sorted(work / t for t in times["ours"][index])
-                hf_rates = sorted(work / t for t in times["hf"][index])
+                ours_rates = sorted(work / t[index] for t in runs["ours"])
+                hf_rates = sorted(work / t[index] for t in runs["hf"])
                 o, h = statistics.median(ours_rates), statistics.median(hf_rates)
                 rows.append(dict(batch=B, prompt=P, phase=phase, ours_tok_s=o, ours_min=ours_rates[0],
                                  ours_max=ours_rates[-1], hf_tok_s=h, hf_min=hf_rates[0], hf_max=hf_rates[-1],
-                                 ratio=o / h, same_leading_tokens=same, new_tokens=N))
+                                 ratio=o / h, same_leading_tokens=same, new_tokens=N, runs=args.repeats,
+                                 device=name))
                 table.append([B, P, phase, f"{o:.0f} ({ours_rates[0]:.0f}-{ours_rates[-1]:.0f})",
                               f"{h:.0f} ({hf_rates[0]:.0f}-{hf_rates[-1]:.0f})", f"{o / h:.2f}", f"{same}/{N}"])
     print_table(["B", "prompt", "phase", "ours tok/s (min-max)", "HF tok/s (min-max)", "ours / HF",
                  "same greedy tokens"], table)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / "decoder_gpu.csv"
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in row.items()})
+        with CsvLog(path) as log:
+            log.write([{k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in row.items()} for row in rows])
         print(f"wrote {path}")
 
 

@@ -2,7 +2,7 @@
 
     # CPU (committed: benchmarks/results/gqa_decode_cpu.{csv,png}), a few minutes on 2 cores
     .venv/bin/python benchmarks/gqa_decode.py --device cpu --impl solutions --out benchmarks/results
-    # GPU (H100; writes gqa_decode_cuda.csv, and the PNG only if matplotlib is installed there)
+    # GPU (committed: results/gqa_decode_cuda.{csv,png}, from an H200; the H100 run is in results/h100/)
     python benchmarks/gqa_decode.py --device cuda --impl solutions --out benchmarks/results
     # redraw a PNG from a CSV (here, where matplotlib is installed)
     .venv/bin/python benchmarks/gqa_decode.py --plot benchmarks/results/gqa_decode_cuda.csv
@@ -29,8 +29,10 @@ against MHA, measured in the same run.
    step must read at least.
 
 --device cuda: one decoding step of attention over a long bf16 cache (batch
-B > 1), q (B, H, 1, D), k and v (B, Hkv, T, D), timed with coursekit.bench.gpu_time
-(L2 flushed before every call, so the cache comes from HBM):
+B > 1), q (B, H, 1, D), k and v (B, Hkv, T, D), each method timed --repeats
+times (default 5), the methods taken in turn (coursekit.bench.time_interleaved),
+each timing coursekit.bench.gpu_time (L2 flushed before every call, so the cache
+comes from HBM); the CSV keeps the median ms and the min and max:
    "triton"      - your L05 triton_flash_attention_forward(q, k, v, causal=True):
                    it maps query head h to key/value head h // n_rep itself and
                    never materialises repeated K/V;
@@ -38,8 +40,8 @@ B > 1), q (B, H, 1, D), k and v (B, Hkv, T, D), timed with coursekit.bench.gpu_t
    "sdpa_repeat" - repeat_kv, then SDPA on H heads: the copy the module makes.
    (One query at the LAST position sees every key: causal=True in the course's
    bottom-right convention; SDPA's is_causal would be top-left and let it see
-   key 0 only, so SDPA is called without a mask.) GB/s = cache bytes / time;
-   an H100's HBM3 peaks near 3.3 TB/s.
+   key 0 only, so SDPA is called without a mask.) GB/s = cache bytes / median
+   time; an H200's HBM3e peaks near 4.8 TB/s (a copy sustains about 4 TB/s).
 
 What to look for: the cache shrinks exactly by H / Hkv (4x for GQA-4, 16x for
 MQA here). A decoding step that READS only Hkv heads (grouped, triton, and
@@ -51,7 +53,6 @@ bandwidth, and can be SLOWER than MHA, whose repeat_kv is a no-op. The module
 also saves (H - Hkv) / H of the k_proj and v_proj work, visible at short prefixes.
 """
 import argparse
-import csv
 import math
 import os
 import statistics
@@ -65,7 +66,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: coursekit, solutions, model
 
 import _path  # noqa: F401  (before coursekit: the course folder on sys.path)
-from coursekit.bench import median_time, print_table  # noqa: E402
+from coursekit.bench import (CsvLog, add_common_args, device_name, median_time, print_table,  # noqa: E402
+                             read_csv, spread, time_interleaved)
 from coursekit.impl import Implementation  # noqa: E402
 
 CPU_CSV, CUDA_CSV = "gqa_decode_cpu.csv", "gqa_decode_cuda.csv"
@@ -206,17 +208,20 @@ def bench_step_attention(args, impl, device):
         if triton_forward is not None:
             methods["triton"] = lambda: triton_forward(q, k, v, causal=True)[0]
         expected = methods["sdpa_gqa"]().float()
-        found = []
+        errors, live = {}, {}
         for method, fn in methods.items():
             try:
-                err = (fn().float() - expected).abs().max().item()
-                seconds = timer(fn)
+                errors[method] = (fn().float() - expected).abs().max().item()
+                live[method] = fn
             except NotImplementedError as exc:  # the student's stub
                 print(f"  {method}: {exc}")
-                continue
+        times = time_interleaved(live, repeats=args.repeats, timer=timer)
+        found = []
+        for method, ts in times.items():
+            fields = spread(ts, scale=1e3, prefix="step_ms", digits=5)  # step_ms (median), _min, _max, runs
             found.append(dict(part="step_attention", kv_heads=Hkv, n_rep=H // Hkv, prefix=T, batch=B,
-                              method=method, step_ms=1e3 * seconds, gb_per_s=cache_bytes / seconds / 1e9,
-                              cache_bytes=cache_bytes, max_abs_diff=err))
+                              method=method, **fields, gb_per_s=round(cache_bytes / fields["step_ms"] / 1e6, 1),
+                              cache_bytes=cache_bytes, max_abs_diff=errors[method]))
         return found
 
     rows = []
@@ -232,7 +237,7 @@ def bench_step_attention(args, impl, device):
     for r in rows:
         r["speedup_vs_sdpa_gqa"] = base[(r["prefix"], r["kv_heads"])] / r["step_ms"]
         r["speedup_vs_mha"] = mha.get((r["prefix"], r["method"]), float("nan")) / r["step_ms"]
-    name = torch.cuda.get_device_name() if device == "cuda" else "CPU (Triton interpreter)"
+    name = device_name() if device == "cuda" else "CPU (Triton interpreter)"
     config = (f"{name}: one decoding step, q ({B}, {H}, 1, {D}), cache ({B}, Hkv, T, {D}) {args.dtype}; "
               f"torch {torch.__version__}")
     print(config)
@@ -246,34 +251,27 @@ def bench_step_attention(args, impl, device):
 # ----------------------------------------------------------------- CSV, plot --
 
 def write_csv(rows, config, path):
-    fields = []
+    """The rows with the run's description in a `config` column (older CSVs had it on a first '#' line)."""
+    fields = ["config"]
     for r in rows:
         fields += [k for k in r if k not in fields]
-    with open(path, "w", newline="") as f:
-        f.write(f"# {config}\n")
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    with CsvLog(path, fields=fields) as log:
+        log.write([{"config": config, **{k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in r.items()}}
+                   for r in rows])
 
 
-def read_csv(path):
-    with open(path) as f:
-        first = f.readline()
-        config = first[2:].strip() if first.startswith("#") else ""
-        if not first.startswith("#"):
-            f.seek(0)
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k, v in r.items():
-            try:
-                r[k] = int(v)
-            except ValueError:
-                try:
-                    r[k] = float(v)
-                except ValueError:
-                    pass
-    return rows, config
+def load_csv(path):
+    """(rows, config) from a CSV of write_csv, or from an older one that starts with '# config'."""
+    text = path.read_text()
+    if text.startswith("#"):   # the older layout: move the comment out of the way of the header
+        import tempfile
+        first, rest = text.split("\n", 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            plain = Path(tmp) / path.name
+            plain.write_text(rest)
+            return read_csv(plain), first[1:].strip()
+    rows = read_csv(path)
+    return rows, (rows[0].get("config", "") if rows else "")
 
 
 COLORS = {"repeat": "tab:red", "grouped": "tab:green", "sdpa": "tab:blue",
@@ -361,7 +359,7 @@ def plot(rows, config, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--impl", help="implementation package (default: $COURSE_IMPL or model)")
+    add_common_args(parser, csv_name="gqa_decode_<device>.csv")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--heads", type=int, default=None, help="query heads (default 16 on cpu, 32 on cuda)")
     parser.add_argument("--head-dim", type=int, default=128)
@@ -369,7 +367,8 @@ def main():
     parser.add_argument("--batch", type=int, default=None, help="default 4 on cpu, 8 on cuda")
     parser.add_argument("--prefix", type=int, nargs="+", default=[256, 2048], help="cpu: cached positions P")
     parser.add_argument("--steps", type=int, default=24, help="cpu: timed decoding steps N")
-    parser.add_argument("--repeat", type=int, default=9, help="cpu: timed calls per attention measurement")
+    parser.add_argument("--repeat", type=int, default=9,
+                        help="cpu: timed calls per attention measurement (the cuda part uses --repeats)")
     parser.add_argument("--cache-len", type=int, nargs="+", default=[4096, 16384, 65536], help="cuda: cache length T")
     parser.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16",
                         help="cuda: cache dtype (--smoke on cpu uses float16: the Triton interpreter's tl.dot "
@@ -377,12 +376,10 @@ def main():
     parser.add_argument("--threads", type=int, help="cpu: torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes; on cpu also runs the cuda code path (Triton under TRITON_INTERPRET=1)")
-    parser.add_argument("--out", type=Path, help="folder for gqa_decode_<device>.csv (and .png with matplotlib)")
-    parser.add_argument("--plot", type=Path, metavar="CSV", help="only redraw CSV's PNG next to it, then exit")
     args = parser.parse_args()
 
     if args.plot:
-        rows, config = read_csv(args.plot)
+        rows, config = load_csv(args.plot)
         plot(rows, config, args.plot.with_suffix(".png"))
         return
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -392,6 +389,7 @@ def main():
     args.kv_heads = args.kv_heads or sorted({args.heads, max(args.heads // 4, 1), 1}, reverse=True)
     if args.smoke:
         args.head_dim, args.prefix, args.steps, args.repeat, args.cache_len = 16, [40], 3, 2, [37, 70]
+        args.repeats = min(args.repeats, 2)
         if args.device == "cpu":
             args.dtype = "float16"
     if args.threads:

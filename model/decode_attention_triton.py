@@ -52,7 +52,10 @@ import triton.language as tl
 
 from ._checks import check_scale, check_tensor, check_triton_device, contiguous_last
 
-LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one hardware instruction
+# Constants used inside the kernels are tl.constexpr, declared once here (a plain Python float is not
+# visible from a @triton.jit function); host code reads the number as LOG2E.value.
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one instruction
+LN2 = tl.constexpr(0.6931471805599453)    # ln(2): ln(y) = log2(y) * ln(2)
 
 # Triton reads TRITON_INTERPRET when it decorates a kernel (at import): read it once here too.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -245,7 +248,7 @@ def triton_decode_attention(q, k, v, kv_lens=None, scale=None, num_splits=None):
     _split_kernel[grid](
         q, k, v, kv_lens if kv_lens is not None else lse, o_part, lse_part,  # lse: a dummy pointer without kv_lens
         *k.stride()[:3], *v.stride()[:3], H, Hkv, Lq, T, num_splits, chunk,
-        (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E,
+        (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E.value,
         GROUP=G, HAS_LENS=kv_lens is not None, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **config)
     if num_splits > 1:

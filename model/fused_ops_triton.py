@@ -14,22 +14,32 @@ SRAM), and writes the result once: 1 read + 1 write, the least any softmax can
 move. A memory-bound op cannot beat a copy of the same bytes, so the copy is the
 yardstick (benchmarks/fused_bandwidth_gpu.py).
 
-Layout: x is viewed as (n_rows, n_cols) = (prod of leading dims, last dim). A
-program owns BLOCK_M whole rows (BLOCK_M = 1 for long rows; several short rows
-share a program so that each program moves enough bytes to keep the memory
-system busy). Two strategies per kernel:
-  - single block (n_cols <= MAX_BLOCK_SIZE = 32768 elements): BLOCK_N =
-    next_power_of_2(n_cols), the row lives in registers from load to store.
-    Traffic: 1 read + 1 write.
+Layout: x is viewed as (n_rows, n_cols) = (prod of leading dims, last dim). The
+rows are cut into tiles of BLOCK_M whole rows. Read each kernel first as the
+easy version: BLOCK_M = 1 and one program per row, which is the Triton
+tutorial's kernel. Two levers then make it fast at every shape, and neither
+changes the arithmetic:
+  - several rows per program (BLOCK_M > 1, a 2-D (BLOCK_M, BLOCK_N) tile) for
+    short rows, so that each program moves enough bytes to keep the memory busy;
+  - a persistent grid: a fixed number of programs (a few per SM) that walk the
+    tiles with a stride of the grid size, so the tail of the last wave is paid
+    once, and (num_stages = 2) each program loads its next tile while it reduces
+    this one.
+choose_config below picks BLOCK_M, BLOCK_N, num_warps and the grid from the
+shape, and says why.
+Two strategies per kernel:
+  - single block (n_cols <= MAX_BLOCK_SIZE): BLOCK_N = next_power_of_2(n_cols),
+    the row lives in registers from load to store. Traffic: 1 read + 1 write.
   - looped (longer rows, e.g. a 128k-vocabulary softmax): blocks of
-    LOOP_BLOCK_SIZE = 4096 columns, two passes. Pass 1 streams the row once to
-    get its statistics (softmax: running max m_i and rescaled sum l_i, the
-    online softmax of L02; layer norm: running mean and sum of squared
-    deviations, Chan's parallel merge), pass 2 streams it again to write the
-    output. Traffic: 2 reads + 1 write (the second read often hits L2).
+    LOOP_BLOCK_SIZE columns, two passes, and x is read AT MOST TWICE. Pass 1
+    streams the row once to get all its statistics together (softmax: running
+    max m_i and rescaled sum l_i, the online softmax of L02; layer norm: running
+    mean and sum of squared deviations, Chan's parallel merge), pass 2 streams it
+    again to write the output. Traffic: 2 reads + 1 write; pass 1 asks L2 to keep
+    x (eviction_policy="evict_last") so the second read mostly hits L2.
 Columns past n_cols (the tail of the last block) are masked: softmax loads them
 as -inf (exp(-inf) = 0 adds nothing to the sum), layer norm as 0 and excludes
-them from the variance.
+them from the variance. Rows past n_rows (the last tile) are masked too.
 
 Limits: x float32, float16 or bfloat16 (statistics always in float32, output in
 x's dtype; no float64). Rows of any length, a row stride of any size (the last
@@ -38,17 +48,20 @@ under the Triton interpreter (TRITON_INTERPRET=1 set before triton is imported;
 the interpreter has no bfloat16). Importing this module does not touch the GPU.
 
 Tested on: the lesson's suites under the interpreter on CPU (Triton 3.9;
-float32, float16; row lengths 1 to ~16k, both strategies, -inf rows, strided
-inputs). Compiled ahead of time for sm_90 (H100) with Triton 3.9's ptxas: no
-register spills at any block size. The suites' gpu tests run the kernels on
-CUDA in float32, float16 and bfloat16 at realistic shapes (up to 128k columns).
+float32, float16; row lengths 1 to ~33k, both strategies, several tiles per
+program, -inf rows, strided inputs). The suites' gpu tests run the kernels on
+CUDA in float32, float16 and bfloat16 at realistic shapes (up to 128k columns),
+on an NVIDIA H200 with Triton 3.6.
 Names follow the Triton tutorials and the FlashAttention papers (offs_m,
-offs_n, m_i, l_i, stride_xm); tl.constexpr arguments are UPPERCASE.
+offs_n, m_i, l_i, stride_xm); tl.constexpr arguments and module constants used
+inside kernels are UPPERCASE.
 """
 import contextlib
+import functools
 import math
 import numbers
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -56,38 +69,116 @@ import triton.language as tl
 
 from ._checks import check_tensor
 
-MAX_BLOCK_SIZE = 32768     # longest row kept whole in registers: 128 KiB of float32 per program, 64 values
-                           # per thread at 16 warps (H100: 1.34x the looped kernel's bandwidth at 32k); longer
-                           # rows loop
-LOOP_BLOCK_SIZE = 4096     # columns per step of the looped strategy (16 KiB of float32 per step)
-TILE_ELEMENTS = 4096       # short rows are packed BLOCK_M to a program until a tile holds this many
-MAX_ROWS_PER_PROGRAM = 16  # ... but no more rows than this (the grid must still fill every SM)
+# Constants used inside the kernels are tl.constexpr, declared once here (a plain
+# Python float is not visible from a @triton.jit function). On the host: LOG2E.value.
+LOG2E = tl.constexpr(1.4426950408889634)   # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one instruction
+
+MAX_BLOCK_SIZE = 32768     # longest row kept whole in registers (and the largest block_size accepted)
+SINGLE_BLOCK_MAX = 16384   # the default keeps whole rows up to this many elements (see choose_config)
+LOOP_BLOCK_SIZE = 8192     # columns per step of the looped strategy (see choose_config)
+TILE_BYTES = 16384         # short rows are packed BLOCK_M to a program until a tile holds this many bytes of x
+MAX_ROWS_PER_PROGRAM = 16  # ... but no more rows than this
+VALUES_PER_THREAD = 16     # num_warps is chosen so that each thread holds about this many values of the tile
+THREADS_PER_SM = 1024      # a persistent grid fills an SM up to this many threads (half of what it can hold,
+                           # so that each thread may use up to 64 of the SM's 64k registers)
+SHARED_BYTES_PER_SM = 192 * 1024   # ... and up to this much shared memory (an H100/H200 SM has 228 KiB), which
+                                   # a prefetching loop uses: num_stages buffers of one tile per program
+INTERPRETER_SMS = 2        # under the interpreter there are no SMs: a small grid still exercises the tile loop
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"   # read once, as triton does when decorating
 
 
-def launch_config(n_cols, block_size=None):
-    """(BLOCK_M, BLOCK_N, num_warps, looped) for rows of n_cols elements (given, no exercise).
+class LaunchConfig(NamedTuple):
+    """How a kernel is launched; what choose_config returns (given, no exercise)."""
+    BLOCK_M: int            # rows per tile
+    BLOCK_N: int            # columns per block: the whole (padded) row, or one step of the looped path
+    num_warps: int          # 32 * num_warps threads share a tile
+    num_stages: int         # > 1: the loop over tiles (or over blocks of a row) prefetches the next one
+    looped: bool            # BLOCK_N < n_cols: the two-pass kernel
+    programs_per_sm: int    # 0: one program per tile; k > 0: a persistent grid of k programs per SM
 
-    BLOCK_N: the whole row rounded up to a power of two (tl.arange needs one),
-    or LOOP_BLOCK_SIZE when that exceeds MAX_BLOCK_SIZE; `block_size` overrides
-    it (a power of two), and rows longer than it take the looped strategy.
-    BLOCK_M: rows per program, so that a tile holds about TILE_ELEMENTS values.
-    num_warps grows with the tile so that each of its 32 * num_warps threads
-    holds about 16 values (16 KiB of float32 per 8 warps): far fewer and each
-    thread has too little to load to hide the memory latency, far more and the
-    registers spill. Clamped to 4..16 warps: 16 warps are 512 threads, a
-    quarter of what an H100 SM holds, so several programs still share an SM.
+
+def choose_config(n_rows, n_cols, dtype, block_size=None):
+    """The LaunchConfig for an (n_rows, n_cols) input of `dtype` (given, no exercise).
+
+    Every choice serves one goal: enough bytes in flight to cover the memory
+    latency (about a microsecond), without running out of registers.
+    BLOCK_N: the whole row rounded up to a power of two (tl.arange needs one) up
+      to SINGLE_BLOCK_MAX; past it the looped kernel walks the row in
+      LOOP_BLOCK_SIZE steps. A whole row of 32k values needs about 100
+      registers a thread at 16 warps (128, and spills, for layer norm; compiled
+      for sm_90): one program fills an SM's register file, and with one program
+      per SM nothing overlaps its loads with its reductions.
+      `block_size` forces the block width (a power of two): rows longer than it
+      take the looped strategy (how the tests reach it on small inputs).
+    BLOCK_M: short rows are packed into one tile until it holds TILE_BYTES of x,
+      so a program of 1024-element bf16 rows moves 8 rows (16 KiB), not 2 KiB.
+    num_warps: about VALUES_PER_THREAD values per thread (two 16-byte loads in
+      bf16): fewer and a thread has too little to load to hide the latency,
+      more and the registers spill. Clamped to 4..16 warps.
+    programs_per_sm, num_stages: when the tiles outnumber what the SMs hold at
+      once (THREADS_PER_SM / (32 num_warps) programs each), a persistent grid of
+      that many programs per SM walks them, and with num_stages = 2 each program
+      loads its next tile while it reduces this one: no tail of a part-filled last
+      wave, and no gap between one program's end and the next one's first load.
+      With fewer tiles, one program per tile. The looped kernel always prefetches
+      its next block (num_stages = 2).
+    The constants come from the reasoning above and the register counts of the
+    sm_90 compile; benchmarks/fused_bandwidth_gpu.py --sweep times the
+    alternatives on a GPU (its first H200 run timed eager calls and was
+    host-bound, so it could not decide between them: lesson text, section 10).
     """
     whole_row = triton.next_power_of_2(max(n_cols, 1))
-    if block_size is None:
-        BLOCK_N = whole_row if whole_row <= MAX_BLOCK_SIZE else LOOP_BLOCK_SIZE
+    if block_size is not None:
+        BLOCK_N = min(block_size, whole_row)               # never a block wider than the row needs
+    elif whole_row <= SINGLE_BLOCK_MAX:
+        BLOCK_N = whole_row
     else:
-        BLOCK_N = min(block_size, whole_row)  # never a block wider than the row needs
+        BLOCK_N = LOOP_BLOCK_SIZE
     looped = BLOCK_N < n_cols
-    BLOCK_M = 1 if looped else max(1, min(MAX_ROWS_PER_PROGRAM, TILE_ELEMENTS // BLOCK_N))
-    num_warps = min(16, max(4, BLOCK_M * BLOCK_N // (16 * 32)))   # 16 values per thread, 32 threads a warp
-    return BLOCK_M, BLOCK_N, num_warps, looped
+    itemsize = dtype.itemsize
+    if looped:
+        BLOCK_M = 1                                        # a long row is enough work for a program
+    else:
+        BLOCK_M = max(1, min(MAX_ROWS_PER_PROGRAM, TILE_BYTES // (BLOCK_N * itemsize),
+                             triton.next_power_of_2(max(n_rows, 1))))
+    num_warps = min(16, max(4, BLOCK_M * BLOCK_N // (VALUES_PER_THREAD * 32)))
+    tile_bytes = BLOCK_M * BLOCK_N * itemsize
+    if looped:
+        return LaunchConfig(BLOCK_M, BLOCK_N, num_warps, 2, True, 0)
+    per_sm = persistent_programs_per_sm(tile_bytes, num_warps, 2)
+    if per_sm and triton.cdiv(max(n_rows, 1), BLOCK_M) > per_sm * _sm_count():
+        return LaunchConfig(BLOCK_M, BLOCK_N, num_warps, 2, False, per_sm)
+    return LaunchConfig(BLOCK_M, BLOCK_N, num_warps, 1, False, 0)
+
+
+def persistent_programs_per_sm(tile_bytes, num_warps, num_stages):
+    """Programs of a persistent grid per SM (given): as many as fit at once, by threads
+    (THREADS_PER_SM) and, when the loop prefetches, by shared memory (num_stages
+    buffers of a tile each). 0: not even one fits; do not prefetch then. A persistent
+    grid larger than what fits would leave programs waiting for a free SM, each with a
+    long list of tiles: the very tail the grid was meant to remove."""
+    by_threads = max(1, THREADS_PER_SM // (32 * num_warps))
+    if num_stages <= 1:
+        return by_threads
+    return min(by_threads, SHARED_BYTES_PER_SM // (num_stages * tile_bytes))
+
+
+def launch_grid(n_rows, config, device=None):
+    """The grid for `config` (given): one program per tile, or a persistent grid."""
+    n_tiles = triton.cdiv(n_rows, config.BLOCK_M)
+    if config.programs_per_sm <= 0:
+        return (n_tiles,)
+    return (max(1, min(n_tiles, config.programs_per_sm * _sm_count(device))),)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device=None):
+    """Streaming multiprocessors of the GPU (INTERPRETER_SMS on the CPU), asked once per device."""
+    if INTERPRETED or not torch.cuda.is_available():
+        return INTERPRETER_SMS
+    return torch.cuda.get_device_properties(device if device is not None else torch.cuda.current_device()
+                                            ).multi_processor_count
 
 
 # --------------------------------------------------------------------------
@@ -96,27 +187,33 @@ def launch_config(n_cols, block_size=None):
 
 @triton.jit
 def softmax_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Single block. Program pid owns rows [pid * BLOCK_M, pid * BLOCK_M + BLOCK_M)
-    of x and out, each whole: BLOCK_N (a power of two) >= n_cols.
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """Single block. The rows are cut into tiles of BLOCK_M whole rows; program
+    pid takes tiles pid, pid + G, pid + 2G, ... (G = the number of programs: one
+    tile each when G = the number of tiles, several for a persistent grid).
+    BLOCK_N (a power of two) >= n_cols.
 
     x_ptr, out_ptr: (n_rows, n_cols) matrices with unit column stride and row
     strides stride_xm, stride_om (in elements). Rows past n_rows and columns
     past n_cols must be masked. Per row, in float32:
         out = exp(x - max) / sum(exp(x - max)),
     stored in out's dtype; a row that is entirely -inf gives zeros (not NaN).
+    NUM_STAGES: the tile loop's pipelining depth (tl.range(..., num_stages=NUM_STAGES);
+    1: none, 2: the next tile is loaded while this one is reduced).
     Reads x once, writes out once."""
     raise NotImplementedError("L08: implement softmax_kernel in model/fused_ops_triton.py (see tutorial/L08_fused_ops/README.md)")
 
 
 @triton.jit
 def softmax_looped_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Looped (online) softmax, same arguments and result as softmax_kernel, for
-    rows longer than one block (BLOCK_N < n_cols): walk each row in blocks of
-    BLOCK_N. Pass 1 keeps a running max m_i and a running sum l_i of
-    exp(x - m_i), rescaling l_i by exp(m_old - m_new) whenever the max grows;
-    pass 2 writes exp(x - m_i) / l_i. Reads x twice, writes out once."""
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """Looped (online) softmax, same arguments, tiles and result as
+    softmax_kernel, for rows longer than one block (BLOCK_N < n_cols): walk each
+    row in blocks of BLOCK_N. Pass 1 computes the max and the sum TOGETHER, in
+    one read: a running max m_i and a running sum l_i of exp(x - m_i), l_i
+    rescaled by exp(m_old - m_new) whenever the max grows. Pass 2 writes
+    exp(x - m_i) / l_i. Reads x twice (no more), writes out once. NUM_STAGES
+    applies to the two loops along the row (2: the next block is prefetched)."""
     raise NotImplementedError("L08: implement softmax_looped_kernel in model/fused_ops_triton.py (see tutorial/L08_fused_ops/README.md)")
 
 
@@ -126,10 +223,10 @@ def triton_softmax(x, block_size=None):
     x: float32/float16/bfloat16 tensor with >= 1 dim, on CUDA (or on the CPU
     under TRITON_INTERPRET=1). Returns a new tensor of x's shape and dtype;
     the arithmetic is float32. A row that is entirely -inf gives zeros.
-    block_size: None (the fast default: whole rows up to MAX_BLOCK_SIZE = 32768
-    elements, longer rows in LOOP_BLOCK_SIZE = 4096 blocks), or a power of two
-    >= 16 that forces the block width: rows longer than it take the looped
-    two-pass path. The result does not depend on it.
+    block_size: None (the fast default, choose_config: whole rows up to
+    SINGLE_BLOCK_MAX elements, longer rows in LOOP_BLOCK_SIZE blocks), or a
+    power of two in [16, MAX_BLOCK_SIZE] that forces the block width: rows
+    longer than it take the looped two-pass path. The result does not depend on it.
     Errors: TypeError naming x (not a tensor, wrong dtype), ValueError naming x
     (0-dim, wrong device, requires grad while grad is enabled) or block_size.
     """
@@ -143,26 +240,29 @@ def triton_softmax(x, block_size=None):
 @triton.jit
 def layer_norm_kernel(out_ptr, x_ptr, w_ptr, b_ptr, n_rows, n_cols, stride_xm, stride_om, eps,
                       HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Single block, laid out as softmax_kernel (BLOCK_M whole rows per program).
-    Per row, in float32 over the n_cols real columns:
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """Single block, laid out as softmax_kernel (tiles of BLOCK_M whole rows,
+    program pid takes tiles pid, pid + G, ...). Per row, in float32 over the
+    n_cols real columns:
         mean = sum(x) / n,  var = sum((x - mean)^2) / n (biased),  rstd = 1 / sqrt(var + eps),
         out = (x - mean) * rstd * w + b,
     w, b: (n_cols,) read through w_ptr, b_ptr only when HAS_WEIGHT / HAS_BIAS.
-    Reads x once (and w, b), writes out once."""
+    Reads x once (and w, b once per tile), writes out once."""
     raise NotImplementedError("L08: implement layer_norm_kernel in model/fused_ops_triton.py (see tutorial/L08_fused_ops/README.md)")
 
 
 @triton.jit
 def layer_norm_looped_kernel(out_ptr, x_ptr, w_ptr, b_ptr, n_rows, n_cols, stride_xm, stride_om, eps,
                              HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Looped layer norm for rows longer than one block. Pass 1 merges per-block
-    statistics (count n_b, mean_b, M2_b = sum of squared deviations from mean_b)
-    into running ones with Chan et al.'s rule, stable like a two-pass variance:
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """Looped layer norm for rows longer than one block (same tiles as
+    layer_norm_kernel). Pass 1 gets the mean and the variance TOGETHER, in one
+    read: it merges per-block statistics (count n_b, mean_b, M2_b = sum of
+    squared deviations from mean_b) into running ones with Chan et al.'s rule,
+    stable like a two-pass variance (sum(x^2) - n mean^2 is not):
         n = n_a + n_b,  delta = mean_b - mean_a,
         mean = mean_a + delta * n_b / n,   M2 = M2_a + M2_b + delta^2 * n_a * n_b / n.
-    Pass 2 writes (x - mean) * rstd * w + b. Reads x twice, writes out once."""
+    Pass 2 writes (x - mean) * rstd * w + b. Reads x twice (no more), writes out once."""
     raise NotImplementedError("L08: implement layer_norm_looped_kernel in model/fused_ops_triton.py (see tutorial/L08_fused_ops/README.md)")
 
 

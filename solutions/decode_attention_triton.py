@@ -52,7 +52,10 @@ import triton.language as tl
 
 from ._checks import check_scale, check_tensor, check_triton_device, contiguous_last
 
-LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one hardware instruction
+# Constants used inside the kernels are tl.constexpr, declared once here (a plain Python float is not
+# visible from a @triton.jit function); host code reads the number as LOG2E.value.
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one instruction
+LN2 = tl.constexpr(0.6931471805599453)    # ln(2): ln(y) = log2(y) * ln(2)
 
 # Triton reads TRITON_INTERPRET when it decorates a kernel (at import): read it once here too.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -136,7 +139,7 @@ def _split_kernel(Q, K, V, KV_LENS, O_PART, LSE_PART,
     # epilogue: normalised partial out and its natural-log lse; nothing seen -> out 0, lse -inf
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
-    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)  # ln(2)
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
     tl.store(O_PART + (row[:, None] * S + split) * HEAD_DIM + offs_d[None, :], out.to(O_PART.dtype.element_ty),
              mask=r_ok[:, None] & d_ok[None, :])
     tl.store(LSE_PART + row * S + split, lse, mask=r_ok)
@@ -161,7 +164,7 @@ def _merge_kernel(O_PART, LSE_PART, Out, LSE, S,
     lse_s = tl.load(LSE_PART + row * S + offs_s, mask=s_ok, other=float("-inf"))
     m = tl.max(lse_s, 0)
     m_safe = tl.where(m == float("-inf"), 0.0, m)             # every split empty: weights 0, not NaN
-    w = tl.math.exp2((lse_s - m_safe) * 1.4426950408889634)   # log2(e); 0 for an empty split (lse -inf)
+    w = tl.math.exp2((lse_s - m_safe) * LOG2E)   # 0 for an empty split (lse -inf)
     total = tl.sum(w, 0)
     o = tl.load(O_PART + (row * S + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
                 mask=s_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)   # (BLOCK_S, BLOCK_D)
@@ -318,7 +321,7 @@ def triton_decode_attention(q, k, v, kv_lens=None, scale=None, num_splits=None):
     _split_kernel[grid](
         q, k, v, kv_lens if kv_lens is not None else lse, o_part, lse_part,  # lse: a dummy pointer without kv_lens
         *k.stride()[:3], *v.stride()[:3], H, Hkv, Lq, T, num_splits, chunk,
-        (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E,
+        (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E.value,
         GROUP=G, HAS_LENS=kv_lens is not None, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **config)
     if num_splits > 1:

@@ -24,10 +24,12 @@ lse -inf and zero gradients.
 Where it runs: CUDA in float16, bfloat16 and float32 (float32 matmuls in full
 IEEE precision, not TF32: float32 is the "check my answer" dtype here), and CPU
 tensors under TRITON_INTERPRET=1 (float32/float16), which is how the CPU-only CI
-runs it. Tested on an H100 (Triton 3.6, torch 2.11) and under the interpreter (Triton 3.9).
+runs it. Tested on an H100 and an H200 (Triton 3.6, torch 2.11) and under the interpreter
+(Triton 3.9); the committed benchmark results are the H200's (the H100's are kept in
+benchmarks/results/h100/).
 
 Speed notes. Block sizes, warps and pipeline stages come from a small table
-per kernel and head dim (GPU_TILES, measured on an H100). Two tricks from the FlashAttention
+per kernel and head dim (GPU_TILES, picked by a sweep on an H100; see below). Two tricks from the FlashAttention
 papers matter most: key tiles that need no mask (wholly below the diagonal,
 wholly inside the window, wholly inside Lk) run a loop without any masking
 code, and exponentials are exp2 with log2(e) folded into the scale.
@@ -65,7 +67,10 @@ import triton.language as tl
 
 from ._checks import check_positive_int, check_scale, check_tensor, check_triton_device, contiguous_last
 
-LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one hardware instruction
+# Constants used inside the kernels are tl.constexpr, declared once here (a plain Python float is not
+# visible from a @triton.jit function); host code reads the number as LOG2E.value.
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one instruction
+LN2 = tl.constexpr(0.6931471805599453)    # ln(2): ln(y) = log2(y) * ln(2)
 
 
 # Triton reads TRITON_INTERPRET when it decorates a kernel, i.e. when this module is imported:
@@ -261,7 +266,7 @@ def _fwd_kernel(Q, K, V, Out, LSE,
     ### BEGIN SOLUTION
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
-    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)  # ln(2)
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
     o_base = Out + off_b.to(tl.int64) * stride_ob + off_h * stride_oh
     tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :], out.to(Out.dtype.element_ty), mask=q_ok)
     tl.store(LSE + off_bh.to(tl.int64) * Lq + offs_m, lse, mask=offs_m < Lq)
@@ -371,7 +376,7 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qm, 
             lse = tl.load(lse_base + offs_m)
             delta = tl.load(delta_base + offs_m)
         # a fully masked row has lse = -inf; +inf makes its P exactly 0 instead of inf
-        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # log2(e)
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
         # -- P^T = exp2(K Q^T * scale*log2e - lse2): (BLOCK_N, D) @ (D, BLOCK_M) -> (BLOCK_N, BLOCK_M) --
         pt = tl.math.exp2(tl.dot(k, qt, input_precision=DOT_PRECISION) * qk_scale - lse2[None, :])
         if MASKED:
@@ -533,7 +538,7 @@ def _bwd_dq_kernel(Q, K, V, dOut, LSE, Delta, dQ,
     # a row that sees no key has lse = -inf: +inf makes exp2(qk - lse2) = 0 (FlashAttention-2's kernel
     # stores +inf for such rows for the same reason), where -inf would give exp2(+inf) = inf. Such rows
     # only ever meet masked tiles, whose tl.where zeroes P anyway: this keeps P finite before the mask.
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # log2(e)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
 
     lo, mid_lo, mid_hi, hi = _key_tiles(start_m, offset, Lk, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOWED)
     dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_vn, pos_m, offs_d,
@@ -556,7 +561,8 @@ def _bwd_dq_kernel(Q, K, V, dOut, LSE, Delta, dQ,
 # Launch configuration: (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and
 # head-dim class, picked by `benchmarks/flash_attention_gpu.py --sweep` on an
 # H100 (float16, L = 8k, causal and not; the sweep's candidates and timings are
-# in the lesson text). Fixed rather than autotuned per call: autotuning compiles
+# in the lesson text); the committed H200 results were measured after the same
+# sweep re-ran on the H200. Fixed rather than autotuned per call: autotuning compiles
 # every candidate for every new shape, which costs more than it wins here.
 # What the winners say: 3 pipeline stages (two K/V tiles loading while a third
 # is multiplied) beat 2 everywhere; the backward prefers 128-key tiles, whose
@@ -635,7 +641,7 @@ def _forward(q, k, v, causal, scale, window):
 
     _launch(_fwd_kernel, "fwd", lambda block_m, block_n: (triton.cdiv(Lq, block_m), B * H),
             q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-            H, H // Hkv, Lq, Lk, window or 0, sm_scale * LOG2E, **_kernel_constants(q, causal, window))
+            H, H // Hkv, Lq, Lk, window or 0, sm_scale * LOG2E.value, **_kernel_constants(q, causal, window))
     return out, lse
 
 
@@ -659,11 +665,11 @@ def _backward(q, k, v, out, lse, grad_out, causal, scale, window):
             q, k, v, grad_out, lse, delta, dk, dv,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3],
             *dk.stride()[:3], *dv.stride()[:3],
-            H, Hkv, H // Hkv, Lq, Lk, window or 0, sm_scale, sm_scale * LOG2E, **common)
+            H, Hkv, H // Hkv, Lq, Lk, window or 0, sm_scale, sm_scale * LOG2E.value, **common)
     _launch(_bwd_dq_kernel, "dq", lambda block_m, block_n: (triton.cdiv(Lq, block_m), B * H),
             q, k, v, grad_out, lse, delta, dq,
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3], *dq.stride()[:3],
-            H, H // Hkv, Lq, Lk, window or 0, sm_scale, sm_scale * LOG2E, **common)
+            H, H // Hkv, Lq, Lk, window or 0, sm_scale, sm_scale * LOG2E.value, **common)
     return dq, dk, dv
 
 

@@ -415,6 +415,46 @@ def test_triton_layer_norm_eps_zero_and_missing_affine(impl, triton_device):
                  hint="bias=None means a bias of zeros (no shift)")
 
 
+def _tiling_cases():
+    # (shape, block_size): the shapes a launcher that packs several rows per program, walks its tiles
+    # with a persistent grid, or loops along long rows must get right: the last tile only partly
+    # filled (rows not a multiple of the rows per program), many more tiles than programs, a row
+    # length that is not a power of two, one row, zero rows, and long rows with a tail in the last block.
+    return {"many_short_rows_1000x24": ((1000, 24), None), "rows_not_a_multiple_77x300": ((77, 300), None),
+            "4096x33": ((4096, 33), None), "one_row_1x3000": ((1, 3000), None),
+            "zero_rows_0x3000": ((0, 3000), None), "3d_5x7x129": ((5, 7, 129), None),
+            "looped_tail_3x20001": ((3, 20001), None), "looped_many_rows_45x1000_by_128": ((45, 1000), 128)}
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("case", list(_tiling_cases()))
+def test_triton_softmax_tiles_and_long_rows(impl, triton_device, case):
+    shape, block_size = _tiling_cases()[case]
+    x = randn(*shape, seed=180, device=triton_device, scale=3.0)
+    if x.shape[0] > 2:
+        x[x.shape[0] // 2] = float("-inf")          # an empty row inside a tile: its guard must be per row
+    out = impl.fused_ops_triton.triton_softmax(x, block_size=block_size)
+    assert tuple(out.shape) == shape, f"{case}: output shape {tuple(out.shape)}, expected {shape}"
+    assert_close(out, softmax_ref(x), probabilities=True,
+                 hint=f"{case}: every row of every tile, the last partial tile included, must be masked by "
+                      "rows < n_rows and cols < n_cols; a program that walks several tiles must reset m_i and l_i "
+                      "per tile; the looped path must rescale l_i when the max grows")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("case", list(_tiling_cases()))
+def test_triton_layer_norm_tiles_and_long_rows(impl, triton_device, case):
+    shape, block_size = _tiling_cases()[case]
+    n = shape[-1]
+    x = randn(*shape, seed=181, device=triton_device, scale=2.0) + 3.0
+    w = randn(n, seed=182, device=triton_device)
+    b = randn(n, seed=183, device=triton_device)
+    out = impl.fused_ops_triton.triton_layer_norm(x, w, b, block_size=block_size)
+    assert tuple(out.shape) == shape, f"{case}: output shape {tuple(out.shape)}, expected {shape}"
+    assert_close(out, layer_norm_ref(x, w, b), hint=f"{case}: mean and var per row over the n real columns; the same w and b for every "
+                 "row of a tile, and every tile of a program")
+
+
 @pytest.mark.triton
 def test_triton_more_bad_input(impl, triton_device):
     ft = impl.fused_ops_triton

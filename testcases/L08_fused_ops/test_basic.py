@@ -308,7 +308,7 @@ LAYER_NORM_HINT = (
 def _softmax_cases():
     # (shape, block_size): single block with masked tails, several rows per
     # program, and the looped path (forced with a small block, and natural:
-    # a row longer than MAX_BLOCK_SIZE = 32768).
+    # a row longer than the widest block, 32768).
     return {"65x781": ((65, 781), None), "3x5x1823": ((3, 5, 1823), None), "40x1": ((40, 1), None),
             "33x256": ((33, 256), None), "looped_781_by_128": ((6, 781), 128),
             "looped_32795": ((2, 32795), None)}

@@ -53,7 +53,7 @@ def _fwd_kernel(Q, K, V, Out, LSE,
     # epilogue: out = acc / l, lse = ln(sum exp(s)) = (m + log2 l) * ln 2; an empty row gives 0 and -inf
     l_safe = l_i  # BUG: 0 / 0 for a row that saw no key
     out = acc / l_safe[:, None]
-    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)  # ln(2)
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
     o_base = Out + off_b.to(tl.int64) * stride_ob + off_h * stride_oh
     tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :], out.to(Out.dtype.element_ty), mask=q_ok)
     tl.store(LSE + off_bh.to(tl.int64) * Lq + offs_m, lse, mask=offs_m < Lq)

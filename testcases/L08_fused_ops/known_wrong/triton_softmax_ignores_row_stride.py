@@ -9,10 +9,11 @@ def triton_softmax(x, block_size=None):
         return torch.empty_like(x)
     x2, n_rows, n_cols = _as_rows(x)
     out = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
-    BLOCK_M, BLOCK_N, num_warps, looped = launch_config(n_cols, block_size)
-    kernel = softmax_looped_kernel if looped else softmax_kernel
-    grid = (triton.cdiv(n_rows, BLOCK_M),)
+    config = choose_config(n_rows, n_cols, x.dtype, block_size)
+    kernel = softmax_looped_kernel if config.looped else softmax_kernel
     with _device_of(x):
-        kernel[grid](out, x2, n_rows, n_cols, n_cols, n_cols,  # row strides taken as n_cols: x2.stride(0) ignored
-                     BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps)
+        kernel[launch_grid(n_rows, config, x.device)](
+            out, x2, n_rows, n_cols, n_cols, n_cols,  # row strides taken as n_cols: x2.stride(0) ignored
+            BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, NUM_STAGES=config.num_stages,
+            num_warps=config.num_warps)
     return out.view(x.shape)

@@ -47,7 +47,7 @@ def triton_decode_attention(q, k, v, kv_lens=None, scale=None, num_splits=None):
     _split_kernel[grid](
         q, k, v, kv_lens if kv_lens is not None else lse, o_part, lse_part,  # lse: a dummy pointer without kv_lens
         *k.stride()[:3], *v.stride()[:3], H, Hkv, Lq, T, num_splits, chunk,
-        (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E,
+        (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E.value,
         GROUP=G, HAS_LENS=kv_lens is not None, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **config)
     if num_splits > 1:

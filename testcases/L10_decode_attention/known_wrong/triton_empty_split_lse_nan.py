@@ -76,7 +76,7 @@ def _split_kernel(Q, K, V, KV_LENS, O_PART, LSE_PART,
     # epilogue: normalised partial out and its natural-log lse; nothing seen -> out 0, lse -inf
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
-    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)  # ln(2)
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
     tl.store(O_PART + (row[:, None] * S + split) * HEAD_DIM + offs_d[None, :], out.to(O_PART.dtype.element_ty),
              mask=r_ok[:, None] & d_ok[None, :])
     tl.store(LSE_PART + row * S + split, lse, mask=r_ok)

@@ -16,7 +16,7 @@ def _merge_kernel(O_PART, LSE_PART, Out, LSE, S,
     lse_s = tl.load(LSE_PART + row * S + offs_s, mask=s_ok, other=float("-inf"))
     m = tl.max(lse_s, 0)
     m_safe = m  # BUG             # every split empty: weights 0, not NaN
-    w = tl.math.exp2((lse_s - m_safe) * 1.4426950408889634)   # log2(e); 0 for an empty split (lse -inf)
+    w = tl.math.exp2((lse_s - m_safe) * LOG2E)   # 0 for an empty split (lse -inf)
     total = tl.sum(w, 0)
     o = tl.load(O_PART + (row * S + offs_s[:, None]) * HEAD_DIM + offs_d[None, :],
                 mask=s_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)   # (BLOCK_S, BLOCK_D)
