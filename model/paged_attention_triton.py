@@ -42,6 +42,10 @@ padding), and slots past seq_len in its last block. Both are masked before
 the load (they would otherwise read some other sequence's keys, or garbage).
 A sequence of length 0 reads nothing and gets out 0, as paged_attention.
 
+Exercise: _paged_split_kernel (stage 1). Given: the launchers, the checks, and
+L10's merge kernel and split rule, imported from decode_attention_triton (so
+finish L10 part 2 first).
+
 Limits: one query per sequence (decoding; no causal mask needed), Dv == D
 (k_pages and v_pages have one shape), head_dim 1..256, float16 / bfloat16 /
 float32 (float32 matmuls in IEEE precision). Where it runs: CUDA, and CPU
@@ -145,13 +149,15 @@ def _check_inputs(q, k_pages, v_pages, block_tables, seq_lens, scale, num_splits
     check_triton_device(q, INTERPRETED)
     if S == 0:
         return
-    # -- the values: one host sync for all of them (a wrong entry would read outside the pool) --
+    # -- the values: a handful of small ops, then one host sync for all of them (a wrong entry would
+    #    read outside the pool). Eager decoding pays this per call; a CUDA graph replays the launches only --
     width = block_tables.shape[1]
     lens = seq_lens.to(torch.int64)
-    needed = (lens + bs - 1) // bs                                              # blocks each sequence reads
-    used = torch.arange(width, device=q.device)[None, :] < needed[:, None]     # (S, width)
-    bad = (((block_tables < 0) | (block_tables >= num_blocks)) & used).any()
-    low, high, any_bad = torch.stack([lens.min(), lens.max(), bad.to(torch.int64)]).tolist()
+    starts = torch.arange(0, width * bs, bs, device=q.device)                # first token of each logical block
+    used = starts[None, :] < lens[:, None]                                   # (S, width): blocks a sequence reads
+    bad = ((block_tables.clamp(0, num_blocks - 1) != block_tables) & used).any()   # outside [0, num_blocks)
+    low, high = torch.aminmax(lens)
+    low, high, any_bad = torch.stack([low, high, bad.to(torch.int64)]).tolist()
     if low < 0 or high > width * bs:
         raise ValueError(f"seq_lens must lie in [0, max_blocks * block_size = {width * bs}], got "
                          f"{seq_lens.tolist()}")

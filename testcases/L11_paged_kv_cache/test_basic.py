@@ -1,13 +1,15 @@
 """L11 basic suite: the paged KV cache (allocation on demand, slots, fork with
 copy-on-write, free, block tables, running out of blocks) and paged attention
 (equal to contiguous attention for random block tables and lengths, shared
-blocks, GQA), and bad input.
+blocks, GQA), the engine, bad input, and (part 2, marked `triton`) the Triton
+kernel triton_paged_attention over pools whose unused slots are NaN.
 
 Run: ./course test L11    (or: pytest testcases/L11_paged_kv_cache -m basic)
 Expected values: the cache is checked through its public API only — what a
 sequence holds is read back through block_tables / seq_lens and compared with
 what the test wrote; paged attention is compared with coursekit.reference's
-float64 einsum attention over keys gathered token by token in plain Python.
+float64 einsum attention over keys gathered token by token in plain Python;
+the Triton kernel with float64 SDPA over keys gathered by torch indexing.
 """
 import math
 
