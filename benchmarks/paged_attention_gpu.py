@@ -189,6 +189,7 @@ def measure_point(impl, batch, seq_len, shape, args, cuda):
                     if graph is not None:
                         calls[f"{name}_graph"] = graph.replay
                         errors[f"{name}_graph"] = errors.get(name, errors["contiguous"])
+        calls = {name: call for name, call in calls.items() if name not in args.skip}
         if cuda:
             timer = lambda fn: gpu_time(fn, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms)  # noqa: E731
         else:
@@ -302,6 +303,9 @@ def main():
     parser.add_argument("--rep-ms", type=float, default=20)
     parser.add_argument("--no-graphs", dest="graphs", action="store_false",
                         help="do not time CUDA-graph replays next to the eager calls")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        help="rows to leave out of the timing (e.g. sdpa_flash: the eager SDPA calls; their "
+                             "graph rows stay); every method is still run once and checked")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat: does everything run?")
     args = parser.parse_args()
     if args.plot:
