@@ -24,8 +24,8 @@ and value once; stage 2 (L10's _merge_kernel, reused as is) merges the splits'
 partial outputs by their lse. With one split stage 1 writes the result itself.
 
 Why the block table costs (almost) nothing:
-- The table is read a tile at a time: BLOCK_N int32 entries (256 bytes for 64
-  keys) next to the tile's BLOCK_N * D * 2 * 2 bytes of K and V (32 KB at
+- The table is read a tile at a time: BLOCK_N int32 entries (4 bytes per key)
+  next to the tile's BLOCK_N * D * 2 * 2 bytes of K and V (512 bytes per key at
   D = 128, bf16): under 1 % more traffic, and the BLOCK_N / BLOCK_SIZE
   distinct entries of a tile share one or two cache lines.
 - Inside a block, a KV head's BLOCK_SIZE keys are contiguous (BLOCK_SIZE * D
@@ -94,11 +94,11 @@ def _paged_split_kernel(Q, K_PAGES, V_PAGES, BLOCK_TABLES, SEQ_LENS, O_PART, LSE
 
 
 # ---------------------------------------------------------------------------
-# Launch configuration: L10's (decode_attention_triton.GPU_CONFIG: BLOCK_N = 64 keys per
-# step, 4 warps, 3 stages, measured there on an H200), so the benchmark's ratio against
-# the contiguous kernel measures the block table and nothing else. A tile of 64 keys
-# spans 4 blocks of 16, or a quarter of a block of 256: the kernel does not care, every
-# key row is addressed through the table on its own. The split count is L10's rule
+# Launch configuration: L10's, imported (decode_attention_triton.GPU_CONFIG: BLOCK_N keys
+# per step, warps and pipeline stages as L10 measured them best on an H200), so the
+# benchmark's ratio against the contiguous kernel measures the block table and nothing
+# else. A tile of 128 keys spans 8 blocks of 16, or half a block of 256: the kernel does
+# not care, every key row is addressed through the table on its own. The split count is L10's rule
 # (choose_num_splits) applied to the table's width in tokens, the longest a sequence
 # of this batch can be; a shorter sequence's late splits are empty (lse -inf, merged
 # to nothing). Under the interpreter: L10's 16-key tiles and 3 splits.
