@@ -87,7 +87,7 @@ LESSONS = (
     Lesson("L09_rope_decoder", "RoPE and a Llama-shaped decoder", ("rope", "decoder")),
     Lesson("L10_decode_attention", "Decode attention: split-KV and GQA packing",
            ("decode_attention", "decode_attention_triton")),
-    Lesson("L11_paged_kv_cache", "The paged KV cache and continuous batching", ("paged_kv_cache", "serving")),
+    Lesson("L11_paged_kv_cache", "The paged KV cache and continuous batching", ("paged_kv_cache", "paged_attention_triton", "serving")),
     Lesson("L12_kv_compression", "Compressing the KV cache: quantization, eviction, sinks",
            ("kv_quant", "kv_eviction", "kv_quant_triton")),
     Lesson("L13_linear_attention", "Linear attention: parallel, recurrent and chunked",

@@ -1,13 +1,15 @@
 """L11 basic suite: the paged KV cache (allocation on demand, slots, fork with
 copy-on-write, free, block tables, running out of blocks) and paged attention
 (equal to contiguous attention for random block tables and lengths, shared
-blocks, GQA), and bad input.
+blocks, GQA), the engine, bad input, and (part 2, marked `triton`) the Triton
+kernel triton_paged_attention over pools whose unused slots are NaN.
 
 Run: ./course test L11    (or: pytest testcases/L11_paged_kv_cache -m basic)
 Expected values: the cache is checked through its public API only — what a
 sequence holds is read back through block_tables / seq_lens and compared with
 what the test wrote; paged attention is compared with coursekit.reference's
-float64 einsum attention over keys gathered token by token in plain Python.
+float64 einsum attention over keys gathered token by token in plain Python;
+the Triton kernel with float64 SDPA over keys gathered by torch indexing.
 """
 import math
 
@@ -18,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from coursekit.reference import attention_ref
-from coursekit.testing import assert_close, assert_rejects, randn
+from coursekit.testing import assert_close, assert_rejects, assert_within_eager_error, randn
 
 SLOT_HINT = "a slot is block_id * block_size + offset, with block_id = table[t // block_size], offset = t % block_size"
 COW_HINT = ("fork shares blocks (reference counts); the first write into a SHARED, partly filled last block "
@@ -471,3 +473,173 @@ def test_engine_rejects_bad_input(impl):
     assert_rejects(lambda: engine.add_request([], 3), "prompt")
     assert_rejects(lambda: engine.add_request([1, 2], -1), "max_new_tokens")
     assert_rejects(lambda: engine.add_request(list(range(30)), 10), "block", "token", "request")
+
+
+# ===========================================================================
+# Part 2: the Triton kernel (paged_attention_triton). On a CUDA machine it runs
+# on the GPU; without one, on CPU tensors under TRITON_INTERPRET=1 (the plugin
+# sets it), where every program runs in Python: shapes stay small. Every slot of
+# the pool that holds no token of a sequence is NaN, so a kernel that reads one
+# (a -1 entry taken as block 0, a slot past seq_len, another block's data) gives
+# NaN or a wrong value instead of passing by luck.
+# ===========================================================================
+PAGED_HINT = ("token t of sequence s is row t % block_size of block block_tables[s, t // block_size]; only "
+              "t < seq_lens[s] exists: mask the table load and the K/V loads with it")
+GQA_TRITON_HINT = "the G = H // Hkv rows of a tile are query heads hkv * G .. hkv * G + G - 1 (repeat_interleave)"
+
+
+def poisoned_layout(seed, lens, block_size, kv_heads, head_dim, *, shared_blocks=0, spare=3, dtype=torch.float32,
+                    device="cpu"):
+    """Pages and tables for sequences of `lens` tokens, their blocks scattered over the pool by a random
+    permutation that never hands out block 0 (so a -1 entry read as block 0 reads NaN), the first
+    `shared_blocks` blocks of sequence 0 shared by every other sequence at least as long (a common
+    prefix). Every slot that is no sequence's token is NaN. Returns k_pages, v_pages, tables, seq_lens."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(1, max(math.ceil(n / block_size) for n in lens))
+    num_blocks = len(lens) * width + spare
+    free = (torch.randperm(num_blocks - 1, generator=gen) + 1).tolist()   # 1..num_blocks-1: block 0 stays unused
+    tables = torch.full((len(lens), width), -1, dtype=torch.int32)
+    for s, n in enumerate(lens):
+        for j in range(math.ceil(n / block_size)):
+            full_prefix = (j + 1) * block_size <= lens[0]
+            if s > 0 and j < shared_blocks and full_prefix:
+                tables[s, j] = tables[0, j]                  # a full block of the shared prefix
+            else:
+                tables[s, j] = free.pop()
+    k_pages = torch.full((num_blocks, kv_heads, block_size, head_dim), float("nan"))
+    v_pages = torch.full((num_blocks, kv_heads, block_size, head_dim), float("nan"))
+    values = randn(2, num_blocks, kv_heads, block_size, head_dim, seed=seed + 1)
+    for s, n in enumerate(lens):
+        for t in range(n):
+            b, o = int(tables[s, t // block_size]), t % block_size
+            k_pages[b, :, o], v_pages[b, :, o] = values[0, b, :, o], values[1, b, :, o]
+    to = dict(dtype=dtype, device=device)
+    return k_pages.to(**to), v_pages.to(**to), tables.to(device), torch.tensor(lens, dtype=torch.int32).to(device)
+
+
+def gathered_reference(q, k_pages, v_pages, tables, lens, scale=None):
+    """Gather each sequence's keys through its table with torch indexing, then float64 SDPA (enable_gqa)."""
+    q, k_pages, v_pages = (x.detach().cpu().double() for x in (q, k_pages, v_pages))
+    tables, lens = tables.cpu().long(), lens.cpu().long()
+    S, H, D = q.shape
+    bs = k_pages.shape[2]
+    out = torch.zeros(S, H, D, dtype=torch.float64)
+    for s in range(S):
+        t = torch.arange(int(lens[s]))
+        if t.numel() == 0:
+            continue                                            # nothing to attend to: zeros
+        k = k_pages[tables[s, t // bs], :, t % bs].transpose(0, 1)   # (n, Hkv, D) -> (Hkv, n, D)
+        v = v_pages[tables[s, t // bs], :, t % bs].transpose(0, 1)
+        out[s] = torch.nn.functional.scaled_dot_product_attention(q[s, :, None], k, v, scale=scale,
+                                                                  enable_gqa=True)[:, 0]
+    return out
+
+
+TRITON_CASES = {
+    # name: (block_size, H, Hkv, lens, shared_blocks); D = 16 (the smallest tl.dot)
+    "bs16_mha_ragged": (16, 2, 2, [37, 16, 1, 0], 0),
+    "bs4_gqa_ends_inside_blocks": (4, 4, 2, [13, 7, 22], 0),
+    "bs5_mqa_odd_block": (5, 4, 1, [23, 5, 11], 0),
+    "bs32_gqa_tile_inside_block": (32, 8, 2, [70, 33], 0),
+    "bs1_one_token_blocks": (1, 2, 1, [9, 3], 0),
+    "bs4_shared_prefix": (4, 4, 2, [18, 14, 9, 1], 3),
+}
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("case", TRITON_CASES, ids=list(TRITON_CASES))
+def test_triton_paged_matches_gathered_sdpa(impl, triton_device, case):
+    bs, H, Hkv, lens, shared = TRITON_CASES[case]
+    k_pages, v_pages, tables, seq_lens = poisoned_layout(10, lens, bs, Hkv, 16, shared_blocks=shared,
+                                                         device=triton_device)
+    q = randn(len(lens), H, 16, seed=11, device=triton_device)
+    out = impl.paged_attention_triton.triton_paged_attention(q, k_pages, v_pages, tables, seq_lens)
+    hints = [PAGED_HINT]
+    if H != Hkv:
+        hints.append(GQA_TRITON_HINT)
+    assert_close(out, gathered_reference(q, k_pages, v_pages, tables, seq_lens), dtype=torch.float32,
+                 what=f"triton_paged_attention ({case}: block_size {bs}, lengths {lens})",
+                 hint="NaN means a slot that holds no token was read (a -1 entry used as block 0, or a slot past "
+                      "seq_len); " + "; ".join(hints))
+    assert out.shape == q.shape and out.dtype == q.dtype, f"out must be {tuple(q.shape)} {q.dtype}"
+
+
+@pytest.mark.triton
+def test_triton_paged_empty_sequences_give_zeros(impl, triton_device):
+    k_pages, v_pages, tables, seq_lens = poisoned_layout(12, [0, 6, 0], 4, 2, 16, device=triton_device)
+    q = randn(3, 4, 16, seed=13, device=triton_device)
+    out = impl.paged_attention_triton.triton_paged_attention(q, k_pages, v_pages, tables, seq_lens)
+    assert_close(out[[0, 2]], torch.zeros(2, 4, 16), what="sequences of length 0",
+                 hint="no token: out 0, never NaN (guard m_i = -inf and l_i = 0, as L10's kernel does)")
+    assert_close(out[1], gathered_reference(q, k_pages, v_pages, tables, seq_lens)[1], dtype=torch.float32,
+                 what="the sequence of length 6 between two empty ones")
+
+
+@pytest.mark.triton
+def test_triton_paged_reads_the_cache_after_fork(impl, triton_device):
+    # End to end: PagedKVCache writes (with a fork and copy-on-write), the kernel reads layer 1's pages
+    cache = impl.paged_kv_cache.PagedKVCache(2, 12, 4, 2, 16, device=triton_device)
+    for seq, n in (("a", 10), ("b", 3)):
+        slots = cache.allocate(seq, n)
+        for layer in (0, 1):
+            cache.write(layer, slots, randn(n, 2, 16, seed=20 + n + layer, device=triton_device),
+                        randn(n, 2, 16, seed=40 + n + layer, device=triton_device))
+    cache.fork("a", "c")                                      # c shares a's 3 blocks, the last one partly filled
+    slots = cache.allocate("c", 3)                            # copy-on-write of block 3, then a new block
+    for layer in (0, 1):
+        cache.write(layer, slots, randn(3, 2, 16, seed=60 + layer, device=triton_device),
+                    randn(3, 2, 16, seed=70 + layer, device=triton_device))
+    ids = ["a", "b", "c"]
+    q = randn(3, 4, 16, seed=80, device=triton_device)
+    tables, lens = cache.block_tables(ids), cache.seq_lens(ids)
+    out = impl.paged_attention_triton.triton_paged_attention(q, cache.k_pages[1], cache.v_pages[1], tables, lens)
+    assert_close(out, gathered_reference(q, cache.k_pages[1], cache.v_pages[1], tables, lens), dtype=torch.float32,
+                 what="triton_paged_attention over a PagedKVCache's layer 1 (sequences a, b, and c forked from a)",
+                 hint=PAGED_HINT + "; k_pages is one layer's pages, (num_blocks, Hkv, block_size, D)")
+
+
+@pytest.mark.triton
+def test_triton_paged_half_precision_within_eager_error(impl, triton_device):
+    lens, bs, Hkv, G = [40, 23, 9], 8, 2, 2
+    k_pages, v_pages, tables, seq_lens = poisoned_layout(14, lens, bs, Hkv, 16, dtype=torch.float16,
+                                                         device=triton_device)
+    q = randn(3, Hkv * G, 16, seed=15, dtype=torch.float16, device=triton_device)
+    out = impl.paged_attention_triton.triton_paged_attention(q, k_pages, v_pages, tables, seq_lens)
+    assert out.dtype == torch.float16, f"out must keep the input dtype float16, got {out.dtype}"
+    expected = gathered_reference(q, k_pages, v_pages, tables, seq_lens)
+    eager = torch.zeros(3, Hkv * G, 16, dtype=torch.float16)   # the same gather, attention by plain float16 ops
+    for s, n in enumerate(lens):
+        t = torch.arange(n)
+        k = k_pages.cpu()[tables.cpu().long()[s, t // bs], :, t % bs].transpose(0, 1).repeat_interleave(G, 0)
+        v = v_pages.cpu()[tables.cpu().long()[s, t // bs], :, t % bs].transpose(0, 1).repeat_interleave(G, 0)
+        w = torch.softmax((q[s].cpu()[:, None] @ k.transpose(-2, -1)) / 4.0, dim=-1)   # 1/sqrt(16)
+        eager[s] = (w @ v)[:, 0]
+    assert_within_eager_error(out, expected, eager, what="triton_paged_attention float16",
+                              hint="scores, the running statistics, the partials and the merge belong in float32")
+
+
+@pytest.mark.triton
+def test_triton_paged_rejects_bad_input(impl, triton_device):
+    pat = impl.paged_attention_triton
+    k_pages, v_pages, tables, lens = poisoned_layout(16, [5, 3], 4, 2, 16, device=triton_device)
+    k_pages, v_pages = k_pages.nan_to_num(0.0), v_pages.nan_to_num(0.0)
+    q = randn(2, 4, 16, seed=17, device=triton_device)
+    out = pat.triton_paged_attention(q, k_pages, v_pages, tables, lens)   # a valid call first
+    assert_close(out, gathered_reference(q, k_pages, v_pages, tables, lens), dtype=torch.float32,
+                 what="triton_paged_attention of the valid call")
+    on = dict(device=triton_device)
+    assert_rejects(lambda: pat.triton_paged_attention(q[:, None], k_pages, v_pages, tables, lens), "q")
+    assert_rejects(lambda: pat.triton_paged_attention(randn(2, 3, 16, **on), k_pages, v_pages, tables, lens),
+                   "head", "q", "k_pages")
+    assert_rejects(lambda: pat.triton_paged_attention(q, k_pages, v_pages[..., :8], tables, lens), "v_pages", "v")
+    assert_rejects(lambda: pat.triton_paged_attention(q.double(), k_pages.double(), v_pages.double(), tables, lens),
+                   "float64", "dtype")
+    assert_rejects(lambda: pat.triton_paged_attention(q, k_pages, v_pages, tables,
+                                                      torch.tensor([5, 30], dtype=torch.int32, **on)), "seq_lens")
+    assert_rejects(lambda: pat.triton_paged_attention(q, k_pages, v_pages, tables, lens.float()), "seq_lens")
+    assert_rejects(lambda: pat.triton_paged_attention(q, k_pages, v_pages, tables.float(), lens), "block_tables")
+    wrong = tables.clone()
+    wrong[0, 1] = k_pages.shape[0] + 4                        # a block past the pool, inside sequence 0's length
+    assert_rejects(lambda: pat.triton_paged_attention(q, k_pages, v_pages, wrong, lens), "block_tables", "block")
+    wrong[0, 1] = -1                                          # padding where sequence 0 still has tokens
+    assert_rejects(lambda: pat.triton_paged_attention(q, k_pages, v_pages, wrong, lens), "block_tables", "block")
