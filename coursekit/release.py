@@ -33,6 +33,21 @@ STUDENT_README = COURSE_ROOT / "instructor" / "student-README.md"
 COPIED = ("course", "pyproject.toml", "constraints.txt", "environment.yml", "conftest.py",
           ".gitignore", "tutorial", "benchmarks")
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+# Left out of a student release: reading that hands over an exercise's answer. The L05 Hopper
+# appendix is a complete Triton FlashAttention forward and backward (L05.2's exercise for a subset
+# of shapes); hand the folder out once L05 is graded.
+INSTRUCTOR_ONLY = ("tutorial/L05_flash_attention/hopper", "benchmarks/flash_attention_hopper_gpu.py",
+                   "benchmarks/flash_attention_hopper_sass.py")
+
+
+def release_ignore(directory, names):
+    """copytree's ignore: SKIP's patterns, and the INSTRUCTOR_ONLY paths."""
+    skipped = set(SKIP(directory, names))
+    try:
+        folder = Path(directory).resolve().relative_to(COURSE_ROOT.resolve())
+    except ValueError:
+        return skipped
+    return skipped | {name for name in names if (folder / name).as_posix() in INSTRUCTOR_ONLY}
 MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION", "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")
 BLOCK = re.compile(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n(.*?)### END \1", re.DOTALL)
 
@@ -130,8 +145,8 @@ def build_release(out: Path):
     for name in COPIED:
         source = COURSE_ROOT / name
         if source.is_dir():
-            shutil.copytree(source, out / name, ignore=SKIP)
-        elif source.exists():
+            shutil.copytree(source, out / name, ignore=release_ignore)
+        elif source.exists() and name not in INSTRUCTOR_ONLY:
             shutil.copy2(source, out / name)
     copy_coursekit(out)
     (out / "model").mkdir()

@@ -2,9 +2,11 @@
 the student release's behaviour, and the benchmarks' imports."""
 import ast
 import json
+import shutil
 import sys
 
 import nbformat
+
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
@@ -190,3 +192,16 @@ def test_the_student_lab_config_disables_the_installed_nbgrader_labextension():
 def test_in_a_release_lab_sources_is_refused(release, lab_command, capsys):
     assert lab_command("--sources") == {}
     assert "no source notebooks" in capsys.readouterr().err
+
+
+def test_a_release_leaves_out_the_instructor_only_reading(tmp_path):
+    """The L05 Hopper appendix is a complete Triton FlashAttention: not in a student release."""
+    from coursekit import release as rel
+    for path in rel.INSTRUCTOR_ONLY:
+        assert (COURSE_ROOT / path).exists(), f"INSTRUCTOR_ONLY names {path}, which does not exist"
+    for top in ("tutorial", "benchmarks"):
+        shutil.copytree(COURSE_ROOT / top, tmp_path / top, ignore=rel.release_ignore)
+    for path in rel.INSTRUCTOR_ONLY:
+        assert not (tmp_path / path).exists(), f"{path} was copied into the release"
+    assert (tmp_path / "tutorial" / "L05_flash_attention" / "README.md").exists()
+    assert (tmp_path / "benchmarks" / "flash_attention_gpu.py").exists()
