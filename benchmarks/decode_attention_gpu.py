@@ -51,7 +51,8 @@ import _path  # noqa: F401  (before coursekit: the course folder on sys.path)
 import torch
 import torch.nn.functional as F
 
-from coursekit.bench import CsvLog, add_common_args, device_name, read_csv, spread, time_interleaved
+from coursekit.bench import (CsvLog, add_common_args, device_name, read_csv, spread, time_interleaved,
+                             try_capture_graph)
 
 FIELDS = ["batch", "heads", "kv_heads", "seq_len", "head_dim", "dtype", "method", "us", "us_min", "us_max", "runs",
           "gbps", "cache_bytes", "num_splits", "max_err", "device"]
@@ -100,28 +101,6 @@ def compiled_flex():
 GRAPHED = ("ours", "flash", "efficient", "cudnn", "l05", "copy")
 
 
-def captured(call):
-    """A CUDA graph of call(), or None where it cannot be captured. Eager calls pay the
-    host's launch work (Python, argument checks, Triton's launcher) every time; at short
-    caches that, not HBM, sets the time. Real decoders replay graphs (vLLM, gpt-fast), so
-    the graph rows measure what the GPU itself takes."""
-    try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            call()
-            call()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            call()
-        graph.replay()
-        torch.cuda.synchronize()
-        return graph
-    except Exception as e:
-        print(f"    graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
-        torch.cuda.synchronize()
-        return None
 
 
 def fits(batch, kv_heads, seq_len, factor=1.8):
@@ -167,7 +146,7 @@ def measure_point(impl, batch, kv_heads, seq_len, dtype, args):
         calls = {name: (lambda fn=fn: fn(q, k, v)) for name, fn in live.items()}
         if args.graphs:  # the same calls replayed from a CUDA graph: no host work between the kernels
             for name in [n for n in live if n in GRAPHED]:
-                graph = captured(calls[name])
+                graph = try_capture_graph(calls[name])
                 if graph is not None:
                     calls[f"{name}_graph"] = graph.replay
                     errors[f"{name}_graph"] = errors[name]

@@ -40,27 +40,14 @@ import _path  # noqa: F401  (before coursekit: the course folder on sys.path)
 import torch
 import torch.nn.functional as F
 
-from coursekit.bench import CsvLog, add_common_args, device_name, gpu_time, read_csv, spread, time_interleaved
+from coursekit.bench import (CsvLog, add_common_args, capture_graph, device_name, gpu_time, read_csv, spread,
+                             time_interleaved)
 
 HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
 FIELDS = ["batch", "heads", "kv_heads", "seq_len", "head_dim", "method", "us", "us_min", "us_max", "runs",
           "vs_bf16", "bytes_read", "gbps", "err_vs_float", "err_vs_dequant", "device"]
 
 
-def graphed(call):
-    """A CUDA graph replay of call() (captured after two warm-up calls on a side stream)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        call()
-        call()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
-    graph.replay()
-    torch.cuda.synchronize()
-    return graph.replay
 
 
 def reference(q, k, v):
@@ -124,7 +111,7 @@ def measure_point(impl, batch, seq_len, args):
         try:
             if name not in errors:
                 errors[name] = ((fn().float() - want).abs().max().item(), math.nan)
-            calls[name] = graphed(fn)
+            calls[name] = capture_graph(fn).replay
         except Exception as e:  # a backend that refuses this shape, or a capture that fails
             print(f"    {name:6s} left out: {type(e).__name__}: {str(e).splitlines()[0][:100]}")
             torch.cuda.synchronize()
@@ -193,7 +180,7 @@ def sweep(impl, args):
             for config in configs:
                 kt.GPU_CONFIG = config
                 try:
-                    t = gpu_time(graphed(lambda: kt.triton_quantized_decode_attention(q, kx, vx)), warmup_ms=5,
+                    t = gpu_time(capture_graph(lambda: kt.triton_quantized_decode_attention(q, kx, vx)).replay, warmup_ms=5,
                                  rep_ms=20)
                 except Exception as e:
                     print(f"  sweep {config}: failed ({type(e).__name__}: {str(e).splitlines()[0][:80]})")

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from coursekit.bench import CsvLog, add_common_args, device_name, gpu_time, median_time, read_csv, spread, \
-    time_interleaved
+    time_interleaved, try_capture_graph
 
 FIELDS = ["batch", "heads", "kv_heads", "seq_len", "head_dim", "dtype", "method", "block_size", "us", "us_min",
           "us_max", "runs", "gbps", "cache_bytes", "num_splits", "max_err", "device"]
@@ -99,26 +99,6 @@ def unchecked_decode(dat, q, k, v, kv_lens):
         dat._check_inputs = saved
 
 
-def captured(call):
-    """A CUDA graph of call() (None where it cannot be captured): the graph rows measure the GPU's
-    time, without the host's launch work."""
-    try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            call()
-            call()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            call()
-        graph.replay()
-        torch.cuda.synchronize()
-        return graph
-    except Exception as e:
-        print(f"    graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:90]}")
-        torch.cuda.synchronize()
-        return None
 
 
 def measure_point(impl, batch, seq_len, shape, args, cuda):
@@ -185,7 +165,7 @@ def measure_point(impl, batch, seq_len, shape, args, cuda):
         if cuda and args.graphs:
             for name, fn in graphable.items():
                 if name in calls or name == "contiguous_nolens":
-                    graph = captured(fn)
+                    graph = try_capture_graph(fn)
                     if graph is not None:
                         calls[f"{name}_graph"] = graph.replay
                         errors[f"{name}_graph"] = errors.get(name, errors["contiguous"])

@@ -133,3 +133,34 @@ def read_csv(path):
         return s
     with open(path, newline="") as f:
         return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def capture_graph(call):
+    """A CUDA graph of one call() (torch.cuda.CUDAGraph), replayed once; raises where it cannot be captured.
+
+    Eager calls pay the host's launch work (Python, argument checks, Triton's launcher) every
+    time, and at short inputs that, not the GPU, sets the time. Decoders replay graphs (vLLM,
+    gpt-fast), so a graph's replay measures what the GPU itself takes. Two warm-up calls run
+    first on a side stream (the allocator and any compilation stay out of the capture)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        call()
+        call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    graph.replay()  # the first replay uploads the graph
+    torch.cuda.synchronize()
+    return graph
+
+
+def try_capture_graph(call):
+    """capture_graph(call), or None (with the reason printed) where the call cannot be captured."""
+    try:
+        return capture_graph(call)
+    except Exception as e:  # noqa: BLE001 - reported; the caller times the eager call only
+        print(f"    graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:90]}")
+        torch.cuda.synchronize()
+        return None

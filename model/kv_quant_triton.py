@@ -66,13 +66,12 @@ constexpr argument); the CUDA tests and benchmarks/kv_quant_gpu.py, which
 times it against the bfloat16 L10 kernel and SDPA, are still to run there.
 """
 import math
-import numbers
 
 import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_scale, check_tensor, check_triton_device, contiguous_last
+from ._checks import check_kv_lens, check_num_splits, check_scale, check_tensor, check_triton_device, contiguous_last
 from .decode_attention_triton import INTERPRETED, INTERPRETER_SPLITS, MAX_BLOCK_M, _merge_kernel, _sm_count, \
     choose_num_splits
 from .kv_quant import SUPPORTED_BITS, QuantizedTensor
@@ -242,22 +241,8 @@ def _check_inputs(q, k, v, kv_lens, scale, num_splits):
     if not 1 <= D <= 256:
         raise ValueError(f"head_dim must be in 1..256 for this kernel, got {D}")
     check_scale(scale)
-    if num_splits is not None:
-        if isinstance(num_splits, bool) or not isinstance(num_splits, numbers.Integral):
-            raise TypeError(f"num_splits must be an int or None, got {type(num_splits).__name__}")
-        if num_splits < 1:
-            raise ValueError(f"num_splits must be >= 1, got {num_splits}")
-    if kv_lens is not None:
-        if not isinstance(kv_lens, torch.Tensor):
-            raise TypeError(f"kv_lens must be an integer tensor of shape (B,) or None, got {type(kv_lens).__name__}")
-        if kv_lens.dtype.is_floating_point or kv_lens.dtype.is_complex or kv_lens.dtype == torch.bool:
-            raise TypeError(f"kv_lens must have an integer dtype, got {kv_lens.dtype}")
-        if tuple(kv_lens.shape) != (B,):
-            raise ValueError(f"kv_lens has shape {tuple(kv_lens.shape)}, expected (B,) = ({B},)")
-        if kv_lens.device != q.device:
-            raise ValueError(f"kv_lens is on {kv_lens.device} but q is on {q.device}")
-        if B and (int(kv_lens.min()) < 0 or int(kv_lens.max()) > T):   # one host sync, as L10
-            raise ValueError(f"kv_lens must lie in 0..T = 0..{T}, got {kv_lens.tolist()}")
+    check_num_splits(num_splits)
+    check_kv_lens(kv_lens, B, T, q.device)   # one host sync (the range of the lengths)
     check_triton_device(q, INTERPRETED)
 
 

@@ -53,13 +53,12 @@ tensors under TRITON_INTERPRET=1 at small shapes. Tested on an H200 (Triton
 3.6, torch 2.11) and under the interpreter (Triton 3.9).
 """
 import math
-import numbers
 
 import torch
 import triton
 import triton.language as tl
 
-from ._checks import check_scale, check_tensor, check_triton_device, contiguous_last
+from ._checks import check_num_splits, check_scale, check_tensor, check_triton_device, contiguous_last
 from .decode_attention_triton import (GPU_CONFIG, INTERPRETED, INTERPRETER_CONFIG, INTERPRETER_SPLITS, LOG2E,
                                       MAX_BLOCK_M, _merge_kernel, _sm_count, choose_num_splits)
 
@@ -141,11 +140,7 @@ def _check_inputs(q, k_pages, v_pages, block_tables, seq_lens, scale, num_splits
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
     check_scale(scale)
-    if num_splits is not None:
-        if isinstance(num_splits, bool) or not isinstance(num_splits, numbers.Integral):
-            raise TypeError(f"num_splits must be an int or None, got {type(num_splits).__name__}")
-        if num_splits < 1:
-            raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+    check_num_splits(num_splits)
     check_triton_device(q, INTERPRETED)
     if S == 0:
         return

@@ -169,6 +169,34 @@ def check_mask(mask, scores_shape, device):
             f"{tuple(scores_shape)} (..., Lq, Lk)")
 
 
+def check_num_splits(num_splits):
+    """num_splits of the split-KV kernels: None (the launcher chooses) or an int >= 1."""
+    if num_splits is None:
+        return
+    if isinstance(num_splits, bool) or not isinstance(num_splits, numbers.Integral):
+        raise TypeError(f"num_splits must be an int or None, got {type(num_splits).__name__}")
+    if num_splits < 1:
+        raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+
+
+def check_kv_lens(kv_lens, batch, max_len, device):
+    """kv_lens of the decode kernels: None, or an integer (batch,) tensor on `device` with values in
+    0..max_len. The range check reads the values: one host sync."""
+    if kv_lens is None:
+        return
+    if not isinstance(kv_lens, torch.Tensor):
+        raise TypeError(f"kv_lens must be an integer tensor of shape (B,) or None, got {type(kv_lens).__name__}")
+    if kv_lens.dtype.is_floating_point or kv_lens.dtype.is_complex or kv_lens.dtype == torch.bool:
+        raise TypeError(f"kv_lens must have an integer dtype, got {kv_lens.dtype}")
+    if tuple(kv_lens.shape) != (batch,):
+        raise ValueError(f"kv_lens has shape {tuple(kv_lens.shape)}, expected (B,) = ({batch},)")
+    if kv_lens.device != device:
+        raise ValueError(f"kv_lens is on {kv_lens.device} but q is on {device}")
+    # a length past T would read outside the cache: checked here, at the cost of one host sync
+    if batch and (int(kv_lens.min()) < 0 or int(kv_lens.max()) > max_len):
+        raise ValueError(f"kv_lens must lie in 0..T = 0..{max_len}, got {kv_lens.tolist()}")
+
+
 def check_triton_device(x, interpreted, name="q"):
     """The Triton kernels run on CUDA tensors, or on CPU tensors under Triton's
     interpreter (`interpreted`: TRITON_INTERPRET=1 when the kernel module was imported)."""
