@@ -8,6 +8,14 @@ call is recorded and the test fails with a message naming it. The tests' own
 reference computations call the same functions freely: their callers are
 test files and coursekit, not model/.
 
+A call can reach PyTorch's kernels without passing a torch function:
+`torch.ops.aten._softmax(...)`, or any call under `torch._C.DisableTorchFunction()`.
+Every such call still dispatches an aten op, so for the lessons in
+FORBIDDEN_OPS a TorchDispatchMode (OpWatch) watches one level down, with the
+same rule for who the caller is. The ops are the fused kernels themselves
+(an SDPA backend, `_softmax`), never the primitives a hand-written version is
+made of (matmul, exp, max, sum).
+
 The course's references (coursekit.reference) are forbidden to the code
 under test in every lesson. The table is the instructor's to edit: keys are
 lesson numbers, values dotted names of torch functions or Tensor methods.
@@ -18,6 +26,7 @@ import sys
 
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 SDPA = ("torch.nn.functional.scaled_dot_product_attention", "torch._C._nn.scaled_dot_product_attention",
         "torch.nn.functional.multi_head_attention_forward")
@@ -29,6 +38,17 @@ FORBIDDEN = {
     "L01": SDPA,
     "L02": SOFTMAX,
     "L05": SDPA + FLEX,
+}
+# The same shortcuts as aten ops (torch.ops.aten.<name>): what the calls above dispatch to.
+SDPA_OPS = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_for_cpu",
+            "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+            "_scaled_dot_product_fused_attention_overrideable", "_flash_attention_forward",
+            "_efficient_attention_forward")
+SOFTMAX_OPS = ("_softmax", "_log_softmax", "_safe_softmax", "logsumexp")
+FORBIDDEN_OPS = {
+    "L01": SDPA_OPS,
+    "L02": SOFTMAX_OPS,
+    "L05": SDPA_OPS,
 }
 EVERYWHERE = ()  # torch functions forbidden in every lesson (the references are handled below)
 REFERENCE_MODULE = "coursekit.reference"
@@ -62,12 +82,26 @@ def forbidden_for(lesson_number):
     return found
 
 
+def forbidden_ops_for(lesson_number):
+    """{aten op packet: "aten.<name>"} forbidden in the lesson; names this PyTorch lacks are skipped."""
+    found = {}
+    for name in FORBIDDEN_OPS.get(lesson_number, ()):
+        try:
+            found[getattr(torch.ops.aten, name)] = f"aten.{name}"
+        except (AttributeError, RuntimeError):
+            pass
+    return found
+
+
 TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_THIS_FILE = os.path.abspath(__file__)
 
 
 def _student_caller(frame, student_dirs):
-    """The file of the nearest caller outside torch, if it lies in student_dirs."""
-    while frame is not None and frame.f_code.co_filename.startswith(TORCH_DIR):
+    """The file of the nearest caller outside torch (and outside this module's watches), if it
+    lies in student_dirs."""
+    while frame is not None and (frame.f_code.co_filename.startswith(TORCH_DIR)
+                                 or os.path.abspath(frame.f_code.co_filename) == _THIS_FILE):
         frame = frame.f_back
     if frame is None:
         return None
@@ -101,6 +135,26 @@ class ShortcutWatch(TorchFunctionMode):
                 if note not in self.calls:
                     self.calls.append(note)
         name = self.forbidden.get(func)
+        if name is not None:
+            where = _student_caller(sys._getframe(1), self.student_dirs)
+            if where:
+                self.calls.append(f"{name} (called from {os.path.basename(where)})")
+                raise ForbiddenCall(f"{name} is not allowed in this exercise: write it by hand")
+        return func(*args, **(kwargs or {}))
+
+
+class OpWatch(TorchDispatchMode):
+    """Records forbidden aten ops dispatched from `student_dirs` while active (see the module's
+    docstring: the calls that skip the TorchFunctionMode)."""
+
+    def __init__(self, forbidden_ops, student_dirs):
+        super().__init__()
+        self.forbidden = forbidden_ops
+        self.student_dirs = tuple(student_dirs)
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = self.forbidden.get(func.overloadpacket)
         if name is not None:
             where = _student_caller(sys._getframe(1), self.student_dirs)
             if where:
@@ -145,3 +199,10 @@ def cached_forbidden_for(lesson_number):
     if lesson_number not in _cache:
         _cache[lesson_number] = forbidden_for(lesson_number)
     return _cache[lesson_number]
+
+
+def cached_forbidden_ops_for(lesson_number):
+    key = ("ops", lesson_number)
+    if key not in _cache:
+        _cache[key] = forbidden_ops_for(lesson_number)
+    return _cache[key]

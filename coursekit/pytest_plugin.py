@@ -25,6 +25,7 @@
 This module runs inside pytest; the parent side (starting runs, reading their
 reports) is coursekit.runner.
 """
+import contextlib
 import importlib
 import json
 import os
@@ -307,12 +308,16 @@ class TamperGuard:
             # The course's own tooling tests patch coursekit and torch on purpose
             # (monkeypatch); they run no student code. Everything else is guarded.
             return (yield)
-        watch = policy.ShortcutWatch(policy.cached_forbidden_for(_lesson_number(item)), self.student_dirs)
+        lesson = _lesson_number(item)
+        watch = policy.ShortcutWatch(policy.cached_forbidden_for(lesson), self.student_dirs)
+        ops = policy.cached_forbidden_ops_for(lesson)
+        # one level down, only where the lesson forbids an op (a dispatch mode costs every op a Python call)
+        op_watch = policy.OpWatch(ops, self.student_dirs) if ops else contextlib.nullcontext()
         try:
-            with watch:
+            with op_watch, watch:
                 return (yield)
         finally:
-            self.forbidden_calls += watch.calls
+            self.forbidden_calls += watch.calls + getattr(op_watch, "calls", [])
             self._check(item)
 
     def _check(self, item):

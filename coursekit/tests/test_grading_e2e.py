@@ -350,6 +350,12 @@ SHORTCUT_ATTACKS = {
         from coursekit.reference import softmax_ref
         return softmax_ref(x, dim).to(x.dtype)
         """),
+    # below the torch functions: an aten op called directly, or any call with torch functions off
+    "calls_aten_softmax": _attack("stable_softmax", "return torch.ops.aten._softmax(x, dim, False)\n"),
+    "hides_softmax_from_torch_function": _attack("stable_softmax", """\
+        with torch._C.DisableTorchFunction():
+            return torch.softmax(x, dim)
+        """),
 }
 
 
@@ -369,6 +375,8 @@ FLAGGED = {
     "poisons_the_references": "torch.softmax", "replaces_sys_modules": "sys.modules",
     "returns_a_lying_tensor": "subclass", "calls_torch_softmax": "torch.softmax (called from softmax.py)",
     "calls_tensor_logsumexp": "logsumexp (called from softmax.py)", "calls_the_reference": "softmax_ref",
+    "calls_aten_softmax": "aten._softmax (called from softmax.py)",
+    "hides_softmax_from_torch_function": "aten._softmax (called from softmax.py)",
 }
 
 
