@@ -117,6 +117,15 @@ class ForbiddenCall(BaseException):
     BaseException, so `except Exception:` in that code does not swallow it)."""
 
 
+def _refuse_from_student(name, frame, student_dirs, calls):
+    """Both watches' rule: a forbidden `name` reached from `frame` is recorded in `calls` and
+    refused (ForbiddenCall) when the nearest caller outside torch lies in student_dirs."""
+    where = _student_caller(frame, student_dirs)
+    if where:
+        calls.append(f"{name} (called from {os.path.basename(where)})")
+        raise ForbiddenCall(f"{name} is not allowed in this exercise: write it by hand")
+
+
 class ShortcutWatch(TorchFunctionMode):
     """Records forbidden calls made from `student_dirs` while active."""
 
@@ -136,10 +145,7 @@ class ShortcutWatch(TorchFunctionMode):
                     self.calls.append(note)
         name = self.forbidden.get(func)
         if name is not None:
-            where = _student_caller(sys._getframe(1), self.student_dirs)
-            if where:
-                self.calls.append(f"{name} (called from {os.path.basename(where)})")
-                raise ForbiddenCall(f"{name} is not allowed in this exercise: write it by hand")
+            _refuse_from_student(name, sys._getframe(1), self.student_dirs, self.calls)
         return func(*args, **(kwargs or {}))
 
 
@@ -156,10 +162,7 @@ class OpWatch(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = self.forbidden.get(func.overloadpacket)
         if name is not None:
-            where = _student_caller(sys._getframe(1), self.student_dirs)
-            if where:
-                self.calls.append(f"{name} (called from {os.path.basename(where)})")
-                raise ForbiddenCall(f"{name} is not allowed in this exercise: write it by hand")
+            _refuse_from_student(name, sys._getframe(1), self.student_dirs, self.calls)
         return func(*args, **(kwargs or {}))
 
 
