@@ -179,9 +179,10 @@ def check_num_splits(num_splits):
         raise ValueError(f"num_splits must be >= 1, got {num_splits}")
 
 
-def check_kv_lens(kv_lens, batch, max_len, device):
-    """kv_lens of the decode kernels: None, or an integer (batch,) tensor on `device` with values in
-    0..max_len. The range check reads the values: one host sync."""
+def check_kv_lens(kv_lens, batch, max_len, device=None):
+    """kv_lens of the decode paths: None, or an integer (batch,) tensor with values in 0..max_len,
+    on `device` where one is given (the Triton kernels read it there). The range check reads the
+    values: one host sync."""
     if kv_lens is None:
         return
     if not isinstance(kv_lens, torch.Tensor):
@@ -190,7 +191,7 @@ def check_kv_lens(kv_lens, batch, max_len, device):
         raise TypeError(f"kv_lens must have an integer dtype, got {kv_lens.dtype}")
     if tuple(kv_lens.shape) != (batch,):
         raise ValueError(f"kv_lens has shape {tuple(kv_lens.shape)}, expected (B,) = ({batch},)")
-    if kv_lens.device != device:
+    if device is not None and kv_lens.device != device:
         raise ValueError(f"kv_lens is on {kv_lens.device} but q is on {device}")
     # a length past T would read outside the cache: checked here, at the cost of one host sync
     if batch and (int(kv_lens.min()) < 0 or int(kv_lens.max()) > max_len):

@@ -42,7 +42,7 @@ import numbers
 
 import torch
 
-from ._checks import check_positive_int, check_scale, check_tensor, compute_dtype
+from ._checks import check_kv_lens, check_positive_int, check_scale, check_tensor, compute_dtype
 
 
 def split_bounds(length, num_splits):
@@ -103,16 +103,7 @@ def _check_inputs(q, k, v, num_splits, kv_lens, scale):
         raise TypeError(f"num_splits must be an int, got {type(num_splits).__name__}")
     check_positive_int("num_splits", num_splits)
     check_scale(scale)
-    if kv_lens is None:
-        return
-    if not isinstance(kv_lens, torch.Tensor):
-        raise TypeError(f"kv_lens must be an integer tensor of shape (B,) or None, got {type(kv_lens).__name__}")
-    if kv_lens.dtype.is_floating_point or kv_lens.dtype.is_complex or kv_lens.dtype == torch.bool:
-        raise TypeError(f"kv_lens must have an integer dtype, got {kv_lens.dtype}")
-    if tuple(kv_lens.shape) != (B,):
-        raise ValueError(f"kv_lens has shape {tuple(kv_lens.shape)}, expected (B,) = ({B},)")
-    if B and (int(kv_lens.min()) < 0 or int(kv_lens.max()) > T):
-        raise ValueError(f"kv_lens must lie in 0..T = 0..{T}, got {kv_lens.tolist()}")
+    check_kv_lens(kv_lens, B, T)
 
 
 def split_kv_attention(q, k, v, num_splits, kv_lens=None, scale=None):
