@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coursekit.reference import gqa_module_ref, gqa_ref
-from coursekit.testing import assert_close, assert_no_nan, assert_rejects, randn
+from coursekit.testing import assert_close, assert_no_nan, assert_rejects, decode_in_chunks, left_padding, randn
 
 HIDDEN, HEADS = 36, 6
 HEAD_DIM = HIDDEN // HEADS
@@ -33,23 +33,6 @@ def make_gqa(impl, num_kv_heads, hidden=HIDDEN, num_heads=HEADS, bias=False, see
             if bias:
                 proj.bias.copy_(0.5 * randn(*proj.bias.shape, seed=seed + 10 + i))
     return gqa.to(device=device, dtype=dtype)
-
-
-def decode_in_chunks(gqa, x, chunks, cache, key_padding_mask=None, causal=True):
-    outs, start = [], 0
-    for n in chunks:
-        end = start + n
-        mask = None if key_padding_mask is None else key_padding_mask[:, :end]
-        outs.append(gqa(x[:, start:end], key_padding_mask=mask, cache=cache, causal=causal))
-        start = end
-    return torch.cat(outs, dim=1)
-
-
-def left_padding(lengths, total, device="cpu"):
-    keep = torch.ones(len(lengths), total, dtype=torch.bool, device=device)
-    for b, n in enumerate(lengths):
-        keep[b, :total - n] = False
-    return keep
 
 
 # ------------------------------------------------------ random head counts --
@@ -69,7 +52,7 @@ def test_random_shapes_and_chunkings_match_the_reference(impl, shape, head_dim, 
     where = f"H={num_heads}, Hkv={num_kv_heads}, D={head_dim}, B={batch}, chunks {chunks}, real lengths {lengths}"
     assert_close(gqa(x, key_padding_mask=keep), expected, what="forward without a cache", hint=where)
     cache = impl.kv_cache.KVCache(batch, num_kv_heads, total, head_dim)
-    assert_close(decode_in_chunks(gqa, x, chunks, cache, key_padding_mask=keep), expected,
+    assert_close(decode_in_chunks(gqa, x, chunks, cache, key_padding_mask=keep, causal=True), expected,
                  what="chunked decoding through the cache", hint=where)
 
 
@@ -152,7 +135,7 @@ def test_half_precision_forward_and_decoding(impl, device, dtype, num_kv_heads):
     assert_close(out, expected, what=f"{dtype} forward", hint=(
         f"{dtype}: the projections run in {dtype}; attention computes scores and softmax in float32 (L01's rule)"))
     cache = impl.kv_cache.KVCache(2, num_kv_heads, 9, HEAD_DIM, dtype=dtype, device=device)
-    assert_close(decode_in_chunks(gqa, x, [5, 1, 2, 1], cache), expected, what=f"{dtype} decoding")
+    assert_close(decode_in_chunks(gqa, x, [5, 1, 2, 1], cache, causal=True), expected, what=f"{dtype} decoding")
 
 
 def test_float16_fully_padded_query_gives_zeros(impl):
@@ -195,7 +178,8 @@ def test_bias_true_forward_and_decoding(impl, device, num_kv_heads):
     assert_close(gqa(x), expected, what="bias=True without a cache",
                  hint="every projection adds its bias, k_proj's and v_proj's of num_kv_heads * head_dim")
     cache = impl.kv_cache.KVCache(3, num_kv_heads, 12, HEAD_DIM, device=device)
-    assert_close(decode_in_chunks(gqa, x, [3, 4, 1, 1, 1], cache), expected, what="bias=True with the cache")
+    assert_close(decode_in_chunks(gqa, x, [3, 4, 1, 1, 1], cache, causal=True), expected,
+                 what="bias=True with the cache")
 
 
 class ListCache:
@@ -217,7 +201,7 @@ def test_any_object_with_update_and_seq_len_is_a_cache(impl):
     gqa = make_gqa(impl, 3, seed=75)
     x = randn(2, 8, HIDDEN, seed=76)
     cache = ListCache()
-    assert_close(decode_in_chunks(gqa, x, [3, 1, 4], cache), gqa_module_ref(gqa, x, causal=True), hint=(
+    assert_close(decode_in_chunks(gqa, x, [3, 1, 4], cache, causal=True), gqa_module_ref(gqa, x, causal=True), hint=(
         "the module only needs cache.update(k, v) and cache.seq_len; check num_heads, batch_size, head_dim and "
         "dtype only where the cache has them (getattr with a default)"))
     assert cache.seq_len == 8 and tuple(cache.k.shape) == (2, 3, 8, HEAD_DIM), (
@@ -238,7 +222,7 @@ def test_long_decode_one_token_at_a_time(impl):
     gqa = make_gqa(impl, 2, seed=55)
     x = randn(1, 64, HIDDEN, seed=56)
     cache = impl.kv_cache.KVCache(1, 2, 64, HEAD_DIM)
-    assert_close(decode_in_chunks(gqa, x, [1] * 64, cache), gqa_module_ref(gqa, x, causal=True),
+    assert_close(decode_in_chunks(gqa, x, [1] * 64, cache, causal=True), gqa_module_ref(gqa, x, causal=True),
                  hint="64 single-token steps from an empty cache")
 
 
@@ -246,7 +230,7 @@ def test_non_contiguous_hidden_states(impl, device):
     gqa = make_gqa(impl, 3, seed=57, device=device)
     x = randn(7, 2, HIDDEN, seed=58, device=device).transpose(0, 1)  # (B, L, hidden) with odd strides
     cache = impl.kv_cache.KVCache(2, 3, 7, HEAD_DIM, device=device)
-    assert_close(decode_in_chunks(gqa, x, [4, 3], cache), gqa_module_ref(gqa, x, causal=True),
+    assert_close(decode_in_chunks(gqa, x, [4, 3], cache, causal=True), gqa_module_ref(gqa, x, causal=True),
                  hint="the projections' outputs are contiguous; split heads with view/reshape after them")
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from coursekit.reference import gqa_module_ref, gqa_ref, mha_module_ref
-from coursekit.testing import assert_close, assert_rejects, randn
+from coursekit.testing import assert_close, assert_rejects, decode_in_chunks, randn
 
 HIDDEN, HEADS = 36, 6  # head_dim 6: not a power of two
 HEAD_DIM = HIDDEN // HEADS
@@ -80,18 +80,6 @@ def sdpa_reference(gqa, x, num_kv_heads, start=0, causal=True, key_padding_mask=
     o = gqa.o_proj
     return F.linear(out, o.weight.detach().to("cpu", torch.float64),
                     None if o.bias is None else o.bias.detach().to("cpu", torch.float64))
-
-
-def decode_in_chunks(gqa, x, chunks, cache, key_padding_mask=None):
-    """Feed x (B, L, hidden) chunk by chunk through one cache; the mask at each
-    call covers every key so far: key_padding_mask[:, :end]."""
-    outs, start = [], 0
-    for n in chunks:
-        end = start + n
-        mask = None if key_padding_mask is None else key_padding_mask[:, :end]
-        outs.append(gqa(x[:, start:end], key_padding_mask=mask, cache=cache))
-        start = end
-    return torch.cat(outs, dim=1)
 
 
 # --------------------------------------------------------------- repeat_kv --
