@@ -59,11 +59,13 @@ q (B, H, Lq, D) in float16, bfloat16 or float32, the dtype of the scales (the
 dtype the cache was quantized from). kv_lens, the causal rule, GQA and lse:
 as L10 (tutorial/CONVENTIONS.md, "Decode attention"). Bits 8, 4 and 2; D <= 256.
 
-Tested under TRITON_INTERPRET=1 on CPU at small shapes (Triton 3.9). Not yet
-run to completion on a GPU: the one H200 attempt (Triton 3.6) stopped at a
-module global read inside the kernel, which Triton 3.6 refuses (LN2 is now a
-constexpr argument); the CUDA tests and benchmarks/kv_quant_gpu.py, which
-times it against the bfloat16 L10 kernel and SDPA, are still to run there.
+Tested under TRITON_INTERPRET=1 on CPU at small shapes (Triton 3.9), and on an
+H200 (Triton 3.6, torch 2.11): the L12 suites' Triton and GPU tests passed there
+except the float16 int4 case at D = 16, which found the compiler bug that
+_load_codes now steps around (its fix was checked on the H200 in a standalone
+run, int2 / int4 / int8 at D = 16, 32, 64; the suites have not been re-run on the
+GPU since). Speed, from benchmarks/kv_quant_gpu.py on the H200
+(benchmarks/results/kv_quant_gpu.csv): see tutorial/L12_kv_compression.
 """
 import math
 
@@ -117,8 +119,24 @@ def _unpack(packed, BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.const
 def _load_codes(c_base, stride_cn, offs_n, n_ok, BITS: tl.constexpr, NBYTES: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """The codes of tokens offs_n, unpacked: uint8 (BLOCK_N, BLOCK_D). Reads BLOCK_N x NBYTES bytes
-    (NBYTES = ceil(D * BITS / 8)): the only large read of a tile. Hidden tokens and padding give code 0."""
+    (NBYTES = ceil(D * BITS / 8)): the only large read of a tile. Hidden tokens and padding give code 0.
+
+    A compiler bug to step around: on an H200 (Triton 3.6), codes unpacked by _unpack's join + reshape
+    came out scrambled when the tile is 16 columns wide (BLOCK_D = 16, int4 and int2) and feeds a
+    float16 / bfloat16 tl.dot (float32, and 32+ columns, were right; the interpreter is right). For
+    that one width, load each byte once per code it holds (element d reads byte d // (8 // BITS) and
+    shifts by its slot): a plain load, no shuffle, correct everywhere, and at 16 columns the extra
+    reads cost nothing. It is no general replacement: at D = 128 it made the int4 kernel 4x slower
+    (1.69 ms against 0.38 ms at B = 8, T = 32k), the join is what keeps the unpack free."""
     ### BEGIN SOLUTION
+    if BITS < 8 and BLOCK_D == 16:
+        PER_BYTE: tl.constexpr = 8 // BITS
+        offs_d = tl.arange(0, BLOCK_D)
+        byte = offs_d // PER_BYTE                                 # the byte that holds element d
+        packed = tl.load(c_base + offs_n[:, None].to(tl.int64) * stride_cn + byte[None, :],
+                         mask=n_ok[:, None] & (byte[None, :] < NBYTES), other=0)
+        shift = ((offs_d % PER_BYTE) * BITS).to(tl.uint8)         # element d's slot: the first in the LOW bits
+        return (packed >> shift[None, :]) & ((1 << BITS) - 1)
     offs_byte = tl.arange(0, BLOCK_D * BITS // 8)
     packed = tl.load(c_base + offs_n[:, None].to(tl.int64) * stride_cn + offs_byte[None, :],
                      mask=n_ok[:, None] & (offs_byte[None, :] < NBYTES), other=0)
@@ -302,15 +320,19 @@ def _quantized_split_kernel(
 
 
 # ---------------------------------------------------------------------------
-# Launch configuration: L10's (benchmarks/decode_attention_gpu.py on an H200: 128-key
-# tiles, 8 warps, 3 stages, within 1 % of cuDNN where 64 / 4 / 3 lost 13 % on GQA).
-# Here a tile also has to be unpacked and dequantized: 8 warps share that arithmetic,
-# and a 128 x 128 tile of int4 codes is 8 KB (32 KB in bfloat16), so three stages in
-# flight fit easily. benchmarks/kv_quant_gpu.py --sweep measures the alternatives.
-# With key groups of 128 tokens (the benchmark's) a 128-key tile lies in one group.
-# The interpreter runs 16-key tiles to keep CPU tests fast.
+# Launch configuration, from benchmarks/kv_quant_gpu.py --sweep on an H200 (bfloat16 q,
+# H = 32, Hkv = 8, D = 128, key groups of 128 tokens; median of 3 timings):
+#     BLOCK_N / warps / stages   B=1 T=64k int8   int4     B=8 T=32k int8   int4
+#     64 / 4 / 3                 82.5 us          96.6     278              341
+#     64 / 4 / 4                 86.0             97.9     284              342
+#     128 / 4 / 3                98.7             117      314              373
+#     128 / 8 / 3 (L10's)        92.4             109      305              380
+# L10's tile (128 keys, 8 warps) is not the best here: a tile is also unpacked and
+# dequantized in registers, and 64-key tiles on 4 warps keep more programs per SM to
+# hide that arithmetic behind the loads. A 64-key tile still lies in one 128-token
+# key group. The interpreter runs 16-key tiles to keep CPU tests fast.
 # ---------------------------------------------------------------------------
-GPU_CONFIG = dict(BLOCK_N=128, num_warps=8, num_stages=3)
+GPU_CONFIG = dict(BLOCK_N=64, num_warps=4, num_stages=3)
 INTERPRETER_CONFIG = dict(BLOCK_N=16, num_warps=1, num_stages=1)
 # Fold the statistics into the other operand where a tile allows it (FOLD_K: a key tile inside one group;
 # FOLD_V: one value group per token): q . (c s + z) = (q * s) . c + q . z, so the (BLOCK_N, D) tile needs only

@@ -56,11 +56,13 @@ two >= 16), chunk_size a power of two in 16..128. Runs on CUDA in float16,
 bfloat16, float32 (float32 products in IEEE precision), and on CPU tensors
 under TRITON_INTERPRET=1 at small shapes (the CPU-only CI). Tested under the
 interpreter (Triton 3.9: forward, backward, every test of the L13 suites). On an
-H200 (Triton 3.6, torch 2.11) only the forward's smoke check has run so far:
-float32 and bfloat16 at L = 70, D = 16 and 64, chunk 16 and 64, max error
-against the float32 PyTorch chunked form 2.4e-7 (float32) and 4.2e-3
-(bfloat16, inputs rounded to bfloat16). The gpu-marked tests, the backward on
-a GPU and the launch configuration below are not measured yet.
+H200 (Triton 3.6, torch 2.11) the L13 suites' Triton and GPU tests passed (the
+float16 ones once phi(Q) S took tf32x3 operands, see HALF_STATE_PRECISION; float32
+at C = 128, D = 128 once it ran one pipeline stage, see forward_config). One
+weak spot: the float32 backward at D = 128 (IEEE products of 128-wide tiles, on
+the FMA units) took 51 s to compile there (8 s for the forward), too long for a
+graded test, so the GPU gradient test runs D = 64 only. Speed on the H200:
+benchmarks/results/linear_attention_gpu.csv and tutorial/L13_linear_attention.
 """
 import functools
 import numbers
@@ -90,13 +92,16 @@ def _chunked_kernel(Q, K, V, Out, DEN,
                     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
                     stride_vb, stride_vh, stride_vl, H, L, eps,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                    BLOCK_C: tl.constexpr, STORE_DEN: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                    BLOCK_C: tl.constexpr, STORE_DEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                    STATE_PRECISION: tl.constexpr):
     """Causal linear attention of one (batch, head), value columns [dv0, dv0 + BLOCK_DV).
 
     q, k, v (B, H, L, D) with unit stride on D; out (B, H, L, D) contiguous.
     Program (bh, j): batch bh // H, head bh % H, value columns j * BLOCK_DV ...
     STORE_DEN: also write the denominators phi(q_i)·z_i + eps, float32 (B, H, L), for the
-    backward (program j = 0 only: every value block computes the same ones)."""
+    backward (program j = 0 only: every value block computes the same ones).
+    DOT_PRECISION: input_precision of the products of input-dtype tiles (A, A V, the update);
+    STATE_PRECISION: of phi(Q_c) S, whose operands are float32 (see HALF_STATE_PRECISION)."""
     off_bh = tl.program_id(0)
     off_b = off_bh // H
     off_h = off_bh % H
@@ -140,7 +145,8 @@ def _chunked_kernel(Q, K, V, Out, DEN,
         a = tl.where(causal, a, 0.0).to(dot_dtype)               # a hidden key weighs 0 in BOTH sums (not -inf)
         # numerator: A V_c (C, C) @ (C, BLOCK_DV)  +  phi(Q_c) S (C, D) @ (D, BLOCK_DV), float32 accumulator
         num = tl.dot(a, v, input_precision=DOT_PRECISION)
-        num = tl.dot(phi_q, S, num, input_precision=DOT_PRECISION)  # S stays float32: tf32 operands, no overflow
+        # S stays float32 (no overflow); STATE_PRECISION says how the tensor cores multiply it (see the launcher)
+        num = tl.dot(phi_q, S, num, input_precision=STATE_PRECISION)
         # denominator: A 1 + phi(Q_c)·z + eps, in float32 (row sums, not a matmul: one column would waste a dot).
         # The row sums add the SAME rounded A the numerator multiplies: numerator and denominator then weigh
         # each key alike and the output stays a convex mix of values (rounding moves the weights, not the scale)
@@ -171,6 +177,18 @@ def _chunked_kernel(Q, K, V, Out, DEN,
 # times chunk size x value block x warps on a GPU (not run yet).
 # ---------------------------------------------------------------------------
 GPU_CONFIG = dict(num_warps=4, num_stages=2)
+PIPELINE_SHARED_BYTES = 160 * 1024  # two stages of (Q_c, K_c, V_c) tiles must fit in this much shared memory
+                                    # (an H100/H200 SM has 228 KiB; the rest is for the dots' operands), else one
+# phi(Q_c) S for half-precision inputs. Its operands are float32, and a "tf32" tensor-core product
+# TRUNCATES each to 10 mantissa bits: an error of up to 2^-10 of each operand, always towards zero,
+# in the numerator only (the denominator phi(Q_c)·z is a float32 sum), so it does not cancel. On
+# the H200 test (float16, L = 12289, values offset by 2) it put the output 2.9e-3 from the exact
+# answer, past the 2.2e-3 that float16 rounding explains; "tf32x3" (each operand split into a tf32
+# part and the tf32 rest, three products: float32-grade) gave 1.2e-3. For bfloat16 the output's
+# own rounding (2^-9) dwarfs the truncation: tf32 was within its bound (1.1e-2 against 1.8e-2),
+# and tf32x3 costs 13% of the kernel's time at D = 64 and 56% at D = 128 (bfloat16, B = 1,
+# H = 16, L = 16k on the H200), so bfloat16 keeps one tf32 product.
+HALF_STATE_PRECISION = {torch.float16: "tf32x3", torch.bfloat16: "tf32"}
 BACKWARD_GPU_CONFIG = dict(num_warps=8, num_stages=1)  # (D, D) float32 R or S plus (C, C) blocks: more threads
 INTERPRETER_CONFIG = dict(num_warps=1, num_stages=1)
 MIN_BLOCK = 16  # the smallest tl.dot dimension
@@ -364,8 +382,17 @@ def _forward(q, k, v, chunk_size, eps, block_dv, store_den):
         q, k, v, out, den if store_den else out, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], H, L,
         float(eps), HEAD_DIM=D, BLOCK_D=block_d, BLOCK_DV=block_dv, BLOCK_C=chunk_size, STORE_DEN=store_den,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        **(INTERPRETER_CONFIG if INTERPRETED else GPU_CONFIG))
+        STATE_PRECISION=HALF_STATE_PRECISION.get(q.dtype, "ieee"),
+        **(INTERPRETER_CONFIG if INTERPRETED else forward_config(chunk_size, block_d, block_dv, q.element_size())))
     return out, den
+
+
+def forward_config(chunk_size, block_d, block_dv, element_size):
+    """GPU_CONFIG, with one stage instead of two when two stages of the chunk's Q, K, V tiles
+    would not fit in PIPELINE_SHARED_BYTES (float32 at C = 128, D = 128: 2 x 136 KiB)."""
+    stage_bytes = chunk_size * (2 * block_d + block_dv) * element_size
+    stages = GPU_CONFIG["num_stages"] if GPU_CONFIG["num_stages"] * stage_bytes <= PIPELINE_SHARED_BYTES else 1
+    return dict(GPU_CONFIG, num_stages=stages)
 
 
 def _backward(q, k, v, out, den, grad_out, chunk_size):

@@ -150,9 +150,10 @@ def test_triton_attention_backend_on_cuda_is_as_close_as_hugging_face(impl):
     single-token decode steps through the caches, on CUDA, must be as close to the float64
     reference as Hugging Face's own bfloat16 model is."""
     ids = token_ids(2, 40)
+    wide = dict(GQA, hidden_size=96, intermediate_size=128)  # head_dim 16: the kernel's smallest
     with torch.no_grad():
-        reference = hf_decoder(**GQA)(ids).logits
-        hf16 = hf_decoder(**GQA, dtype=torch.bfloat16).cuda()
+        reference = hf_decoder(**wide)(ids).logits
+        hf16 = hf_decoder(**wide, dtype=torch.bfloat16).cuda()
         eager = hf16(ids.cuda()).logits
         model = ours(impl, hf16).set_attention_backend("triton")
         caches = model.new_caches(2, 40)

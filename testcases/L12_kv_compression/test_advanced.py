@@ -121,7 +121,7 @@ def test_quantized_kernel_float16_within_eager_error(impl, triton_device, bits):
     out, lse = impl.kv_quant_triton.triton_quantized_decode_attention(q, k, v, kv_lens=kv_lens, num_splits=3)
     assert out.dtype == torch.float16 and lse.dtype == torch.float32, (
         f"float16 q gives a float16 out and a float32 lse, got {out.dtype} and {lse.dtype}")
-    want_out, want_lse = decode_attention_ref(q, k_hat, v_hat, kv_lens.cpu())
+    want_out, want_lse = decode_attention_ref(q.cpu(), k_hat, v_hat, kv_lens.cpu())
     assert_within_eager_error(out, want_out, eager_decode(q, k_hat, v_hat, kv_lens), what=f"int{bits} float16 out",
                               hint="dequantize in float32 (code * scale + zero), round to q's dtype only for tl.dot")
     assert_close(lse, want_lse, dtype=torch.float16, what=f"int{bits} float16 lse")
@@ -139,7 +139,7 @@ def test_quantized_kernel_gpu_decode_step(impl, bits):
     kv_lens = torch.tensor([5000, 1, 3111], device="cuda")
     for key_group in (128, 48):
         k, k_hat = quantized(impl, (B, Hkv, T, D), bits, -2, key_group, 111, torch.bfloat16, "cuda")
-        want_out, want_lse = decode_attention_ref(q, k_hat, v_hat, kv_lens.cpu())
+        want_out, want_lse = decode_attention_ref(q.cpu(), k_hat, v_hat, kv_lens.cpu())
         eager = eager_decode(q, k_hat, v_hat, kv_lens)
         for num_splits in (None, 1, 7):
             out, lse = impl.kv_quant_triton.triton_quantized_decode_attention(q, k, v, kv_lens=kv_lens,
@@ -189,7 +189,7 @@ def test_quantized_kernel_folded_statistics(impl, triton_device, bits):
         out, lse = kt.triton_quantized_decode_attention(q, k, v, kv_lens=kv_lens, num_splits=2)
     finally:
         kt.FOLD_STATISTICS = False
-    want_out, want_lse = decode_attention_ref(q, k_hat, v_hat, kv_lens.cpu())
+    want_out, want_lse = decode_attention_ref(q.cpu(), k_hat, v_hat, kv_lens.cpu())
     hint = "q . (c s + z) = (q * s) . c + q . z per key tile; sum_n p_n (c_n s_n + z_n) = (p * s) @ c + p @ z"
     assert_close(out, want_out, what=f"int{bits} out, statistics folded", hint=hint)
     assert_close(lse, want_lse, what=f"int{bits} lse, statistics folded", hint=hint)

@@ -386,6 +386,9 @@ QUANT_KERNEL_CASES = {
     "int8_keys_int4_values_d12": (8, 4, 4, 2, 1, 7, 3, [37, 11, 25], 2, 12),
     "int2_gqa": (2, 2, 4, 2, 1, 16, 8, [23, 37, 9], 2, 16),
     "int4_lq3_causal": (4, 4, 4, 2, 3, 16, None, [37, 2, 17], 2, 16),
+    # 32 and 64 channels: wider tiles than 16 columns unpack differently (see _load_codes)
+    "int4_gqa_d32": (4, 4, 4, 2, 1, 16, None, [37, 5, 20], 2, 32),
+    "int2_keys_int4_values_d64": (2, 4, 4, 2, 1, 8, 16, [30, 37, 1], 3, 64),
 }
 
 
@@ -417,7 +420,7 @@ def likely_mistake(out, q, k, v, lens):
     }
     kv_lens = None if lens is None else torch.tensor(lens)
     for what, (k_bad, v_bad) in candidates.items():
-        bad = decode_attention_ref(q, k_bad, v_bad, kv_lens)[0]
+        bad = decode_attention_ref(q.cpu(), k_bad, v_bad, kv_lens)[0]
         if torch.allclose(out.cpu().double(), bad, atol=1e-4, rtol=1e-4):
             return "out equals attention over a cache read wrongly: " + what
     return None
@@ -429,7 +432,7 @@ def test_quantized_kernel_equals_attention_over_the_dequantized_cache(impl, trit
     q, k, v, k_hat, v_hat, lens, splits = quantized_cache(impl, case, triton_device)
     kv_lens = None if lens is None else torch.tensor(lens, device=triton_device)
     out, lse = impl.kv_quant_triton.triton_quantized_decode_attention(q, k, v, kv_lens=kv_lens, num_splits=splits)
-    want_out, want_lse = decode_attention_ref(q, k_hat, v_hat, None if lens is None else torch.tensor(lens))
+    want_out, want_lse = decode_attention_ref(q.cpu(), k_hat, v_hat, None if lens is None else torch.tensor(lens))
     hint = "; ".join([ZERO_HINT, NIBBLE_HINT if 4 in (k.bits, v.bits) or k.bits == 2 else "", KEY_STATS_HINT,
                       "the rest is L10's kernel: kv_lens, splits, GQA packing, bottom-right causal"])
     assert out.shape == q.shape and out.dtype == q.dtype, f"out is {out.dtype} {tuple(out.shape)}, want q's"
@@ -452,7 +455,7 @@ def test_quantized_kernel_reads_the_codes_it_is_given(impl, triton_device):
     k.codes[1, 0] = k2.codes[1, 0]                              # row 1, KV head 0: new codes, same statistics
     k_hat = dequantize_codes_ref(k.codes, k.scale, k.zero, k.bits, k.dim, k.group_size, k.shape)
     after, _ = kt.triton_quantized_decode_attention(q, k, v, num_splits=2)
-    assert_close(after, decode_attention_ref(q, k_hat, v_hat)[0], what="out after new codes for (row 1, KV head 0)",
+    assert_close(after, decode_attention_ref(q.cpu(), k_hat, v_hat)[0], what="out after new codes for (row 1, KV head 0)",
                  hint="read the codes of k.codes at (b, hkv) on every call: " + NIBBLE_HINT)
     changed = (after.cpu() != before.cpu()).flatten(2).any(-1)   # (B, H)
     want = torch.zeros_like(changed)
@@ -474,7 +477,7 @@ def test_quantized_kernel_never_builds_the_float_cache(impl, triton_device):
     out, _ = assert_never_materialises(lambda: kt.triton_quantized_decode_attention(q, k, v, num_splits=2),
                                        B * Hkv * T * D, what="the dequantized key or value cache",
                                        hint="unpack and dequantize each tile inside the kernel, in registers")
-    assert_close(out, decode_attention_ref(q, k_hat, v_hat)[0], what="out over a 4-bit cache")
+    assert_close(out, decode_attention_ref(q.cpu(), k_hat, v_hat)[0], what="out over a 4-bit cache")
 
 
 @pytest.mark.triton
@@ -482,7 +485,7 @@ def test_quantized_kernel_bad_input_is_rejected(impl, triton_device):
     kt = impl.kv_quant_triton
     q, k, v, k_hat, v_hat, _, _ = quantized_cache(impl, "int8_mha_groups_of_16", triton_device, seed=95)
     out, _ = kt.triton_quantized_decode_attention(q, k, v, num_splits=2)  # a valid call first
-    assert_close(out, decode_attention_ref(q, k_hat, v_hat)[0], what="out of the valid call")
+    assert_close(out, decode_attention_ref(q.cpu(), k_hat, v_hat)[0], what="out of the valid call")
     f = kt.triton_quantized_decode_attention
     k_per_token, _ = random_quantized(impl, tuple(k.shape), 8, -1, None, seed=96, device=triton_device)
     v_per_channel, _ = random_quantized(impl, tuple(v.shape), 8, -2, 16, seed=97, device=triton_device)
