@@ -66,11 +66,7 @@ import triton
 import triton.language as tl
 
 from ._checks import check_positive_int, check_scale, check_tensor, check_triton_device, contiguous_last
-
-# Constants used inside the kernels are tl.constexpr, declared once here (a plain Python float is not
-# visible from a @triton.jit function); host code reads the number as LOG2E.value.
-LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one instruction
-LN2 = tl.constexpr(0.6931471805599453)    # ln(2): ln(y) = log2(y) * ln(2)
+from ._triton_constants import LN2, LOG2E  # tl.constexpr: visible inside the kernels; host code reads LOG2E.value
 
 
 # Triton reads TRITON_INTERPRET when it decorates a kernel, i.e. when this module is imported:

@@ -68,10 +68,7 @@ import triton
 import triton.language as tl
 
 from ._checks import check_tensor
-
-# Constants used inside the kernels are tl.constexpr, declared once here (a plain
-# Python float is not visible from a @triton.jit function). On the host: LOG2E.value.
-LOG2E = tl.constexpr(1.4426950408889634)   # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one instruction
+from ._triton_constants import LOG2E  # tl.constexpr: visible inside the kernels
 
 MAX_BLOCK_SIZE = 32768     # longest row kept whole in registers (and the largest block_size accepted)
 SINGLE_BLOCK_MAX = 16384   # the default keeps whole rows up to this many elements (see choose_config)

@@ -76,10 +76,8 @@ import triton.language as tl
 from ._checks import check_kv_lens, check_num_splits, check_scale, check_tensor, check_triton_device, contiguous_last
 from .decode_attention_triton import INTERPRETED, INTERPRETER_SPLITS, MAX_BLOCK_M, _merge_kernel, _sm_count, \
     choose_num_splits
+from ._triton_constants import LN2, LOG2E  # tl.constexpr: visible inside the kernels; host code reads LOG2E.value
 from .kv_quant import SUPPORTED_BITS, QuantizedTensor
-
-LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is one hardware instruction
-LN2 = 0.6931471805599453    # ln(2): a log2-unit lse times ln 2 is the natural-log lse
 
 
 # ---------------------------------------------------------------------------
@@ -212,7 +210,7 @@ def _quantized_split_kernel(
         stride_ksb, stride_ksh, stride_ksg,    # key scale and zero (B, Hkv, ceil(T / K_GROUP), D), one layout
         stride_vcb, stride_vch, stride_vcn,    # value codes (B, Hkv, T, V_BYTES)
         stride_vsb, stride_vsh, stride_vsn,    # value scale and zero (B, Hkv, T, ceil(D / V_GROUP)), one layout
-        H, Hkv, Lq, T, S, chunk, qk_scale, LN2: tl.constexpr,
+        H, Hkv, Lq, T, S, chunk, qk_scale,
         K_BITS: tl.constexpr, K_BYTES: tl.constexpr, K_GROUP: tl.constexpr, K_ONE_GROUP: tl.constexpr,
         V_BITS: tl.constexpr, V_BYTES: tl.constexpr, V_GROUP: tl.constexpr, V_ONE_GROUP: tl.constexpr,
         FOLD_K: tl.constexpr, FOLD_V: tl.constexpr,
@@ -456,7 +454,7 @@ def triton_quantized_decode_attention(q, k, v, kv_lens=None, scale=None, num_spl
         q, kc, ks, kz, vc, vs, vz, kv_lens if kv_lens is not None else lse, o_part, lse_part,
         *kc.stride()[:3], *ks.stride()[:3], *vc.stride()[:3], *vs.stride()[:3],
         H, Hkv, Lq, T, num_splits, chunk,
-        (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E, LN2,  # kernels read no module globals
+        (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E.value,
         K_BITS=k.bits, K_BYTES=kc.shape[-1], K_GROUP=k.group_size, K_ONE_GROUP=k.group_size % block_n == 0,
         V_BITS=v.bits, V_BYTES=vc.shape[-1], V_GROUP=v.group_size, V_ONE_GROUP=v.group_size >= D,
         FOLD_K=FOLD_STATISTICS and k.group_size % block_n == 0, FOLD_V=FOLD_STATISTICS and v.group_size >= D,

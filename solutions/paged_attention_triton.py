@@ -59,10 +59,9 @@ import triton
 import triton.language as tl
 
 from ._checks import check_num_splits, check_scale, check_tensor, check_triton_device, contiguous_last
-from .decode_attention_triton import (GPU_CONFIG, INTERPRETED, INTERPRETER_CONFIG, INTERPRETER_SPLITS, LOG2E,
+from ._triton_constants import LN2, LOG2E  # the kernel works in log2 units; lse = log2-sum * ln(2)
+from .decode_attention_triton import (GPU_CONFIG, INTERPRETED, INTERPRETER_CONFIG, INTERPRETER_SPLITS,
                                       MAX_BLOCK_M, _merge_kernel, _sm_count, choose_num_splits)
-
-LN2 = tl.constexpr(0.6931471805599453)  # ln(2): the kernel works in log2 units; lse = log2-sum * ln(2)
 
 
 # ---------------------------------------------------------------------------
@@ -255,7 +254,7 @@ def launch_paged_attention(q, k_pages, v_pages, block_tables, seq_lens, scale=No
     _paged_split_kernel[grid](
         q, k_pages, v_pages, block_tables, seq_lens, o_part, lse_part,
         *k_pages.stride()[:3], *v_pages.stride()[:3], block_tables.stride(0), H, Hkv, num_splits, chunk,
-        (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E,
+        (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E.value,
         GROUP=G, BLOCK_SIZE=bs, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **config)
     if num_splits > 1:   # L10's stage 2, unchanged: rows (s, h) instead of (b, h, i)
