@@ -127,18 +127,20 @@ def _load_codes(c_base, stride_cn, offs_n, n_ok, BITS: tl.constexpr, NBYTES: tl.
     reads cost nothing. It is no general replacement: at D = 128 it made the int4 kernel 4x slower
     (1.69 ms against 0.38 ms at B = 8, T = 32k), the join is what keeps the unpack free."""
     ### BEGIN SOLUTION
-    if BITS < 8 and BLOCK_D == 16:
-        PER_BYTE: tl.constexpr = 8 // BITS
-        offs_d = tl.arange(0, BLOCK_D)
-        byte = offs_d // PER_BYTE                                 # the byte that holds element d
-        packed = tl.load(c_base + offs_n[:, None].to(tl.int64) * stride_cn + byte[None, :],
-                         mask=n_ok[:, None] & (byte[None, :] < NBYTES), other=0)
-        shift = ((offs_d % PER_BYTE) * BITS).to(tl.uint8)         # element d's slot: the first in the LOW bits
-        return (packed >> shift[None, :]) & ((1 << BITS) - 1)
-    offs_byte = tl.arange(0, BLOCK_D * BITS // 8)
+    GATHER: tl.constexpr = BITS < 8 and BLOCK_D == 16
+    PER_BYTE: tl.constexpr = 8 // BITS
+    if GATHER:
+        offs_byte = tl.arange(0, BLOCK_D) // PER_BYTE             # column d reads the byte that holds element d
+    else:
+        offs_byte = tl.arange(0, BLOCK_D // PER_BYTE)             # every byte once
     packed = tl.load(c_base + offs_n[:, None].to(tl.int64) * stride_cn + offs_byte[None, :],
                      mask=n_ok[:, None] & (offs_byte[None, :] < NBYTES), other=0)
-    return _unpack(packed, BITS, BLOCK_N, BLOCK_D)
+    if GATHER:
+        shift = ((tl.arange(0, BLOCK_D) % PER_BYTE) * BITS).to(tl.uint8)  # element d's slot: the first in the LOW bits
+        codes = (packed >> shift[None, :]) & ((1 << BITS) - 1)
+    else:
+        codes = _unpack(packed, BITS, BLOCK_N, BLOCK_D)
+    return codes
     ### END SOLUTION
 
 
