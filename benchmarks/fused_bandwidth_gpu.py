@@ -294,18 +294,19 @@ def measure_point(ft, op, dtype, n, total, device, time_of, compiled_fn, repeats
 # --- the sweep: which launch configuration wins at each point ------------------------------------
 
 def candidates(ft, n_rows, n_cols, dtype):
-    """LaunchConfigs around choose_config's, one lever at a time (a full grid would compile for minutes):
-    rows per program (BLOCK_M) halved and doubled, warps halved and doubled, prefetching (num_stages)
-    and the persistent grid switched, and for long rows the looped kernel's block width and warps
-    against a whole row in registers."""
+    """LaunchConfigs around choose_config's (a full grid would compile for minutes): rows per program
+    (BLOCK_M) halved, kept and doubled, each with the warps that give a thread 16 to 256 bytes of x,
+    prefetching (num_stages) and the persistent grid switched, and for long rows the looped kernel's
+    block width, warps, prefetching and grid, the split strategy for few rows, against a whole row in
+    registers."""
     import torch
     import triton
     whole = triton.next_power_of_2(n_cols)
     d = ft.choose_config(n_rows, n_cols, dtype)
     seen, out = set(), []
 
-    def add(block_m, block_n, warps, stages, looped, programs_per_sm):
-        cfg = ft.LaunchConfig(block_m, block_n, warps, stages, looped, programs_per_sm)
+    def add(block_m, block_n, warps, stages, looped, programs_per_sm, split=False):
+        cfg = ft.LaunchConfig(block_m, block_n, warps, stages, looped, programs_per_sm, split)
         if cfg not in seen and 4 <= warps <= 32 and 1 <= block_m <= max(1, triton.next_power_of_2(n_rows)):
             seen.add(cfg)
             out.append(cfg)
@@ -316,25 +317,28 @@ def candidates(ft, n_rows, n_cols, dtype):
         return max(1, ft.persistent_programs_per_sm(block_m * whole * itemsize, warps, stages))
     add(*d)                                                             # the default first
     if not d.looped:
-        for block_m in (d.BLOCK_M // 2, d.BLOCK_M * 2):                 # rows per program
-            if 1 <= block_m and block_m * whole <= 32768:
-                warps = max(4, min(16, block_m * whole // (16 * 32)))
-                add(block_m, whole, warps, d.num_stages, False,
-                    persistent(block_m, warps, d.num_stages) if d.programs_per_sm else 0)
-        for warps in (d.num_warps // 2, d.num_warps * 2):               # threads per tile
-            add(d.BLOCK_M, whole, warps, d.num_stages, False,
-                persistent(d.BLOCK_M, warps, d.num_stages) if d.programs_per_sm else 0)
+        for block_m in (d.BLOCK_M // 2, d.BLOCK_M, d.BLOCK_M * 2):      # rows per program
+            if not (1 <= block_m and block_m * whole <= 32768):
+                continue
+            for warps in (4, 8, 16, 32):                                # bytes of x per thread: 16 .. 256
+                per_thread = block_m * whole * itemsize // (32 * warps)
+                if 16 <= per_thread <= 256:
+                    add(block_m, whole, warps, d.num_stages, False,
+                        persistent(block_m, warps, d.num_stages) if d.programs_per_sm else 0)
         add(d.BLOCK_M, whole, d.num_warps, 1, False, 0)                 # one program per tile, no prefetch
         add(d.BLOCK_M, whole, d.num_warps, 1, False, persistent(d.BLOCK_M, d.num_warps, 1))   # no prefetch
         add(d.BLOCK_M, whole, d.num_warps, 2, False, persistent(d.BLOCK_M, d.num_warps, 2))   # prefetch
     if n_cols > 8192:                                                   # long rows: looped, two reads of x
-        for block_n in (4096, 8192, 16384):
-            for warps in (8, 16):
-                if block_n < n_cols:
-                    add(1, block_n, warps, 2, True, 0)
-        if d.looped:
-            for stages in (1, 3):
-                add(1, d.BLOCK_N, d.num_warps, stages, True, 0)
+        for block_n in (8192, 16384):
+            for warps in (8, 16, 32):
+                for stages in (1, 2):
+                    if block_n < n_cols:
+                        add(1, block_n, warps, stages, True, 0)
+        for per_sm in (1, 2):                                           # persistent: fewer rows in L2 at once
+            add(1, 8192, 16, 1, True, per_sm)
+        if n_rows < ft._sm_count():                                     # few rows: a program per chunk
+            for block_n, warps in ((4096, 8), (8192, 8), (8192, 16), (16384, 16)):
+                add(1, block_n, warps, 1, True, 0, True)
         if whole <= ft.MAX_BLOCK_SIZE:                                  # ... against the whole row in registers
             for warps in (16, 32):
                 add(1, whole, warps, 1, False, 0)
@@ -369,7 +373,7 @@ def sweep_point(ft, op, dtype, n, total, device, time_of, repeats):
 
 
 def describe(cfg_row):
-    kind = "looped" if cfg_row["looped"] else "single"
+    kind = "split" if cfg_row.get("split") else "looped" if cfg_row["looped"] else "single"
     grid = f"persistent x{cfg_row['programs_per_sm']}/SM" if cfg_row["programs_per_sm"] else "1 program/tile"
     return (f"{kind} BLOCK_M={cfg_row['BLOCK_M']} BLOCK_N={cfg_row['BLOCK_N']} warps={cfg_row['num_warps']} "
             f"stages={cfg_row['num_stages']} {grid}")
@@ -522,14 +526,22 @@ def plot(csv_path, png_path):
     rows = read_csv(csv_path)
     for r in rows:   # the older CSVs have one size per run: total = n_rows * n_cols
         r["total"] = r["n_rows"] * r["n_cols"]
-    totals = sorted({r["total"] for r in rows if r["total"] >= 2 ** 20}) or [None]
-    panels = sorted({(r["op"], r["dtype"], _size(r, totals)) for r in rows}, key=lambda p: (p[0], p[1], -p[2]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.3), squeeze=False)
+    # the nominal sizes: powers of two (a length like 3000 gives 11184 x 3000, a little under 2^25)
+    totals = sorted({r["total"] for r in rows if r["total"] >= 2 ** 20 and not r["total"] & (r["total"] - 1)}) \
+        or sorted({r["total"] for r in rows}) or [None]
+    series = sorted({(r["op"], r["dtype"]) for r in rows})              # one row of panels per (op, dtype)
+    sizes = sorted({_size(r, totals) for r in rows}, reverse=True)      # one column per size
+    fig, grid = plt.subplots(len(series), len(sizes), figsize=(5.2 * len(sizes), 4.0 * len(series)), squeeze=False)
+    panels = [(op, dtype, size) for op, dtype in series for size in sizes]
+    axes = [[ax for row in grid for ax in row]]
     styles = {"ours": ("o-", "tab:red", "ours (Triton)"), "torch": ("s-", "tab:blue", "torch"),
               "compiled": ("^-", "tab:green", "torch.compile(eager)"), "copy": ("--", "0.3", "copy (1R + 1W)")}
     for ax, (op, dtype, size) in zip(axes[0], panels):
         sel = sorted((r for r in rows if (r["op"], r["dtype"], _size(r, totals)) == (op, dtype, size)),
                      key=lambda r: r["n_cols"])
+        if not sel:
+            ax.set_visible(False)
+            continue
         n = [r["n_cols"] for r in sel]
         for method, (style, color, label) in styles.items():
             values = [float(r[f"{method}_gbps"]) for r in sel]

@@ -27,16 +27,20 @@ changes the arithmetic:
     this one.
 choose_config below picks BLOCK_M, BLOCK_N, num_warps and the grid from the
 shape, and says why.
-Two strategies per kernel:
-  - single block (n_cols <= MAX_BLOCK_SIZE): BLOCK_N = next_power_of_2(n_cols),
-    the row lives in registers from load to store. Traffic: 1 read + 1 write.
-  - looped (longer rows, e.g. a 128k-vocabulary softmax): blocks of
-    LOOP_BLOCK_SIZE columns, two passes, and x is read AT MOST TWICE. Pass 1
-    streams the row once to get all its statistics together (softmax: running
-    max m_i and rescaled sum l_i, the online softmax of L02; layer norm: running
-    mean and sum of squared deviations, Chan's parallel merge), pass 2 streams it
-    again to write the output. Traffic: 2 reads + 1 write; pass 1 asks L2 to keep
-    x (eviction_policy="evict_last") so the second read mostly hits L2.
+Three strategies per op:
+  - single block (rows up to SINGLE_BLOCK_MAX by default, MAX_BLOCK_SIZE when
+    forced): BLOCK_N = next_power_of_2(n_cols), the row lives in registers from
+    load to store. Traffic: 1 read + 1 write.
+  - looped (longer rows, e.g. a 128k-vocabulary softmax): blocks of BLOCK_N
+    columns, two passes, and x is read AT MOST TWICE. Pass 1 streams the row once
+    to get all its statistics together (softmax: running max m_i and rescaled sum
+    l_i, the online softmax of L02; layer norm: running mean and sum of squared
+    deviations, Chan's parallel merge), pass 2 streams it again to write the
+    output. Traffic: 2 reads + 1 write; pass 1 asks L2 to keep x
+    (eviction_policy="evict_last") so the second read mostly hits L2.
+  - split (given, not an exercise: long rows too few to fill the GPU): each row
+    cut into chunks with a program each, two kernels (chunk statistics, then
+    merge and normalise). Traffic as the looped path's.
 Columns past n_cols (the tail of the last block) are masked: softmax loads them
 as -inf (exp(-inf) = 0 adds nothing to the sum), layer norm as 0 and excludes
 them from the variance. Rows past n_rows (the last tile) are masked too.
@@ -71,11 +75,12 @@ from ._checks import check_tensor
 from ._triton_constants import LOG2E  # tl.constexpr: visible inside the kernels
 
 MAX_BLOCK_SIZE = 32768     # longest row kept whole in registers (and the largest block_size accepted)
-SINGLE_BLOCK_MAX = 16384   # the default keeps whole rows up to this many elements (see choose_config)
-LOOP_BLOCK_SIZE = 8192     # columns per step of the looped strategy (see choose_config)
+SINGLE_BLOCK_MAX = 8192    # the default keeps whole rows up to this many elements (see choose_config)
+LOOP_BLOCK_SIZE = 16384    # the widest step of the looped strategy (see choose_config)
+SPLIT_CHUNK, SPLIT_WARPS = 4096, 8   # columns and warps per program of the split strategy
 TILE_BYTES = 16384         # short rows are packed BLOCK_M to a program until a tile holds this many bytes of x
-MAX_ROWS_PER_PROGRAM = 16  # ... but no more rows than this
-VALUES_PER_THREAD = 16     # num_warps is chosen so that each thread holds about this many values of the tile
+MAX_ROWS_PER_PROGRAM = 4   # ... but rows of 1024+ elements no more than this many (16 for shorter rows)
+BYTES_PER_THREAD = 64      # num_warps is chosen so that each thread loads about this many bytes of the tile
 THREADS_PER_SM = 1024      # a persistent grid fills an SM up to this many threads (half of what it can hold,
                            # so that each thread may use up to 64 of the SM's 64k registers)
 SHARED_BYTES_PER_SM = 192 * 1024   # ... and up to this much shared memory (an H100/H200 SM has 228 KiB), which
@@ -93,37 +98,50 @@ class LaunchConfig(NamedTuple):
     num_stages: int         # > 1: the loop over tiles (or over blocks of a row) prefetches the next one
     looped: bool            # BLOCK_N < n_cols: the two-pass kernel
     programs_per_sm: int    # 0: one program per tile; k > 0: a persistent grid of k programs per SM
+    split: bool = False     # looped rows, too few to fill the GPU: cut each row into chunks of BLOCK_N
+                            # columns, one program per chunk, two kernels (the split strategy, given)
 
 
-def choose_config(n_rows, n_cols, dtype, block_size=None):
+def choose_config(n_rows, n_cols, dtype, block_size=None, op="softmax"):
     """The LaunchConfig for an (n_rows, n_cols) input of `dtype` (given, no exercise).
 
     Every choice serves one goal: enough bytes in flight to cover the memory
-    latency (about a microsecond), without running out of registers.
+    latency (about a microsecond: at 4.8 TB/s, 36 KiB per SM), without running
+    out of registers, and in programs small enough that several share an SM.
+    The constants were checked by the H200 sweep (benchmarks/fused_bandwidth_gpu.py
+    --tune; lesson text, section 10).
     BLOCK_N: the whole row rounded up to a power of two (tl.arange needs one) up
-      to SINGLE_BLOCK_MAX; past it the looped kernel walks the row in
-      LOOP_BLOCK_SIZE steps. A whole row of 32k values needs about 100
-      registers a thread at 16 warps (128, and spills, for layer norm; compiled
-      for sm_90): one program fills an SM's register file, and with one program
-      per SM nothing overlaps its loads with its reductions.
+      to SINGLE_BLOCK_MAX; past it the looped kernel walks the row in steps of
+      half the padded row, at most LOOP_BLOCK_SIZE. On the H200, rows of 16k
+      ran faster in two steps of 8k (0.83-0.97 of the copy) than whole in
+      registers (0.78-0.84: a 16k row at 16 warps is one or two programs per SM,
+      with little to overlap), and rows of 32k and 64k faster in 16k steps than
+      in 8k ones (0.70-0.92 against 0.51-0.85).
       `block_size` forces the block width (a power of two): rows longer than it
       take the looped strategy (how the tests reach it on small inputs).
-    BLOCK_M: short rows are packed into one tile until it holds TILE_BYTES of x,
-      so a program of 1024-element bf16 rows moves 8 rows (16 KiB), not 2 KiB.
-    num_warps: about VALUES_PER_THREAD values per thread (two 16-byte loads in
-      bf16): fewer and a thread has too little to load to hide the latency,
-      more and the registers spill. Clamped to 4..16 warps.
+    BLOCK_M: short rows are packed into one tile until it holds TILE_BYTES of x
+      (a program of 2048-element bf16 rows moves 4 rows, 16 KiB, not 4 KiB), but
+      rows of 1024+ elements at most MAX_ROWS_PER_PROGRAM to a tile: on the H200
+      8 rows of 1024 bf16 values ran at 0.73-0.79 of the copy, 4 rows at 0.89.
+    num_warps: about BYTES_PER_THREAD = 64 bytes of x per thread (four 16-byte
+      loads), 4 to 32 warps. The first H200 sweep showed this is the lever that
+      matters: with 16 values a thread (32 bytes in bf16, 64 in float32) bf16
+      rows of 1k-8k ran at 0.70 of the copy and float32 ones at 0.85-0.95; with
+      64 bytes a thread both reach 0.88-0.93. Fewer, smaller programs also wait
+      less at their reductions' barriers.
     programs_per_sm, num_stages: when the tiles outnumber what the SMs hold at
       once (THREADS_PER_SM / (32 num_warps) programs each), a persistent grid of
       that many programs per SM walks them, and with num_stages = 2 each program
       loads its next tile while it reduces this one: no tail of a part-filled last
       wave, and no gap between one program's end and the next one's first load.
-      With fewer tiles, one program per tile. The looped kernel always prefetches
-      its next block (num_stages = 2).
-    The constants come from the reasoning above and the register counts of the
-    sm_90 compile; benchmarks/fused_bandwidth_gpu.py --sweep times the
-    alternatives on a GPU (its first H200 run timed eager calls and was
-    host-bound, so it could not decide between them: lesson text, section 10).
+      With fewer tiles, one program per tile. The looped kernel does not
+      prefetch (num_stages = 1): on the H200 its pipelined form was slower at
+      every length (0.47-0.75 of the copy against 0.51-0.85 for 8k steps).
+    split: looped rows fewer than the SMs (64 rows of 64k: 64 programs for 132
+      SMs) are cut into chunks of SPLIT_CHUNK columns, a program each with
+      SPLIT_WARPS warps (split_rows_softmax below), when block_size is not forced.
+    op: "softmax" or "layer_norm" (the same rule today; the argument lets the
+      benchmark's sweep ask per op).
     """
     whole_row = triton.next_power_of_2(max(n_cols, 1))
     if block_size is not None:
@@ -131,18 +149,21 @@ def choose_config(n_rows, n_cols, dtype, block_size=None):
     elif whole_row <= SINGLE_BLOCK_MAX:
         BLOCK_N = whole_row
     else:
-        BLOCK_N = LOOP_BLOCK_SIZE
+        BLOCK_N = min(LOOP_BLOCK_SIZE, whole_row // 2)     # at least two steps
     looped = BLOCK_N < n_cols
     itemsize = dtype.itemsize
+    if looped and block_size is None and n_rows < _sm_count():
+        return LaunchConfig(1, SPLIT_CHUNK, SPLIT_WARPS, 1, True, 0, True)
     if looped:
         BLOCK_M = 1                                        # a long row is enough work for a program
     else:
-        BLOCK_M = max(1, min(MAX_ROWS_PER_PROGRAM, TILE_BYTES // (BLOCK_N * itemsize),
+        max_rows = MAX_ROWS_PER_PROGRAM if whole_row >= 1024 else 16
+        BLOCK_M = max(1, min(max_rows, TILE_BYTES // (BLOCK_N * itemsize),
                              triton.next_power_of_2(max(n_rows, 1))))
-    num_warps = min(16, max(4, BLOCK_M * BLOCK_N // (VALUES_PER_THREAD * 32)))
     tile_bytes = BLOCK_M * BLOCK_N * itemsize
+    num_warps = min(32, max(4, tile_bytes // (BYTES_PER_THREAD * 32)))
     if looped:
-        return LaunchConfig(BLOCK_M, BLOCK_N, num_warps, 2, True, 0)
+        return LaunchConfig(BLOCK_M, BLOCK_N, num_warps, 1, True, 0)
     per_sm = persistent_programs_per_sm(tile_bytes, num_warps, 2)
     if per_sm and triton.cdiv(max(n_rows, 1), BLOCK_M) > per_sm * _sm_count():
         return LaunchConfig(BLOCK_M, BLOCK_N, num_warps, 2, False, per_sm)
@@ -169,6 +190,16 @@ def launch_grid(n_rows, config, device=None):
     return (max(1, min(n_tiles, config.programs_per_sm * _sm_count(device))),)
 
 
+def row_alignment(n_cols, *row_strides, itemsize):
+    """ALIGN for the kernels (given): the largest power of two, up to one 16-byte vector (16 // itemsize
+    elements), that divides n_cols and every row stride. Triton assumes an integer argument is a
+    multiple of 16 only when it is; 3000 is a multiple of 8, which is all a 16-byte bf16 load needs."""
+    align = 16 // itemsize
+    while align > 1 and any(v % align for v in (n_cols, *row_strides)):
+        align //= 2
+    return align
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count(device=None):
     """Streaming multiprocessors of the GPU (INTERPRETER_SMS on the CPU), asked once per device."""
@@ -178,13 +209,19 @@ def _sm_count(device=None):
                                             ).multi_processor_count
 
 
+def _device_of(x):
+    """Launch on x's GPU (Triton launches on the *current* device; given)."""
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+
+
 # --------------------------------------------------------------------------
 # Softmax
 # --------------------------------------------------------------------------
 
 @triton.jit
 def softmax_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+                   ALIGN: tl.constexpr):
     """Single block. The rows are cut into tiles of BLOCK_M whole rows; program
     pid takes tiles pid, pid + G, pid + 2G, ... (G = the number of programs: one
     tile each when G = the number of tiles, several for a persistent grid).
@@ -196,14 +233,16 @@ def softmax_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
         out = exp(x - max) / sum(exp(x - max)),
     stored in out's dtype; a row that is entirely -inf gives zeros (not NaN).
     NUM_STAGES: the tile loop's pipelining depth (tl.range(..., num_stages=NUM_STAGES);
-    1: none, 2: the next tile is loaded while this one is reduced).
+    1: none, 2: the next tile is loaded while this one is reduced). ALIGN: n_cols,
+    stride_xm and stride_om are multiples of it (row_alignment; 1 promises nothing).
     Reads x once, writes out once."""
     raise NotImplementedError("L08: implement softmax_kernel in model/fused_ops_triton.py (see tutorial/L08_fused_ops/README.md)")
 
 
 @triton.jit
 def softmax_looped_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+                          ALIGN: tl.constexpr):
     """Looped (online) softmax, same arguments, tiles and result as
     softmax_kernel, for rows longer than one block (BLOCK_N < n_cols): walk each
     row in blocks of BLOCK_N. Pass 1 computes the max and the sum TOGETHER, in
@@ -237,7 +276,8 @@ def triton_softmax(x, block_size=None):
 @triton.jit
 def layer_norm_kernel(out_ptr, x_ptr, w_ptr, b_ptr, n_rows, n_cols, stride_xm, stride_om, eps,
                       HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+                      ALIGN: tl.constexpr):
     """Single block, laid out as softmax_kernel (tiles of BLOCK_M whole rows,
     program pid takes tiles pid, pid + G, ...). Per row, in float32 over the
     n_cols real columns:
@@ -251,7 +291,8 @@ def layer_norm_kernel(out_ptr, x_ptr, w_ptr, b_ptr, n_rows, n_cols, stride_xm, s
 @triton.jit
 def layer_norm_looped_kernel(out_ptr, x_ptr, w_ptr, b_ptr, n_rows, n_cols, stride_xm, stride_om, eps,
                              HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+                             ALIGN: tl.constexpr):
     """Looped layer norm for rows longer than one block (same tiles as
     layer_norm_kernel). Pass 1 gets the mean and the variance TOGETHER, in one
     read: it merges per-block statistics (count n_b, mean_b, M2_b = sum of
@@ -275,5 +316,146 @@ def triton_layer_norm(x, weight, bias, eps=1e-5, block_size=None):
     weight, bias, eps or block_size.
     """
     raise NotImplementedError("L08: implement triton_layer_norm in model/fused_ops_triton.py (see tutorial/L08_fused_ops/README.md)")
+
+
+# --------------------------------------------------------------------------
+# The split strategy (given, no exercise): few long rows
+# --------------------------------------------------------------------------
+# With one program per row, 64 rows of 64k columns keep 64 of the H200's 132
+# SMs busy and the rest idle (0.25-0.4 of the copy's bandwidth). Cut each row
+# into chunks of BLOCK_N columns instead, one program per (row, chunk), in two
+# kernels: the first reduces each chunk to its statistics (softmax: its max and
+# its sum of exponentials; layer norm: its mean and its sum of squared
+# deviations) in a small float32 buffer stats (n_rows, n_chunks, 2); the second
+# merges a row's chunk statistics, which every program of the row does for
+# itself (a handful of values), and normalises its chunk. x is read twice, as
+# in the looped kernel; the second read comes from L2 when the rows fit in it,
+# which is the case this path is chosen for (fewer rows than SMs). Each chunk is
+# one block in registers: no loop, no running statistics.
+
+@triton.jit
+def softmax_chunk_stats_kernel(stats_ptr, x_ptr, n_cols, stride_xm, n_chunks, BLOCK_N: tl.constexpr):
+    """Program (row, chunk): over columns [chunk * BLOCK_N, (chunk + 1) * BLOCK_N) of one row,
+    m_c = max(x) and l_c = sum(exp(x - m_c)), stored at stats[row, chunk] (float32)."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    offs_n = chunk * BLOCK_N + tl.arange(0, BLOCK_N)                    # (BLOCK_N,) this chunk's columns
+    mask = offs_n < n_cols
+    # -- read 1 of 2; evict_last: the second kernel reads this chunk again, from L2 --
+    x = tl.load(x_ptr + row.to(tl.int64) * stride_xm + offs_n, mask=mask, other=float("-inf"),
+                eviction_policy="evict_last").to(tl.float32)
+    m_c = tl.max(x, axis=0)
+    m_safe = tl.where(m_c == float("-inf"), 0.0, m_c)                   # an all -inf chunk: l_c = 0, not nan
+    l_c = tl.sum(tl.math.exp2((x - m_safe) * LOG2E), axis=0)
+    slot = stats_ptr + (row * n_chunks + chunk) * 2
+    tl.store(slot, m_c)
+    tl.store(slot + 1, l_c)
+
+
+@triton.jit
+def softmax_chunk_normalize_kernel(out_ptr, x_ptr, stats_ptr, n_cols, stride_xm, stride_om, n_chunks,
+                                   BLOCK_N: tl.constexpr, CHUNKS: tl.constexpr):
+    """Program (row, chunk): the row's max m = max_c m_c and sum l = sum_c l_c exp(m_c - m)
+    (each chunk's sum rescaled from its own max to the row's, as the online softmax does),
+    then out = exp(x - m) / l over this chunk. CHUNKS: n_chunks rounded up to a power of two."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    offs_c = tl.arange(0, CHUNKS)                                       # (CHUNKS,) the row's chunks
+    slots = stats_ptr + (row * n_chunks + offs_c) * 2
+    m_c = tl.load(slots, mask=offs_c < n_chunks, other=float("-inf"))
+    l_c = tl.load(slots + 1, mask=offs_c < n_chunks, other=0.0)
+    m = tl.max(m_c, axis=0)
+    m = tl.where(m == float("-inf"), 0.0, m)                            # an all -inf row gives zeros
+    # chunks with l_c = 0 (all -inf, or padding) add nothing; the others have m_c <= m: no overflow
+    l = tl.sum(tl.where(l_c > 0.0, l_c * tl.math.exp2((m_c - m) * LOG2E), 0.0), axis=0)
+    inv_l = 1.0 / tl.where(l > 0.0, l, 1.0)
+    offs_n = chunk * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = offs_n < n_cols
+    # -- read 2 of 2 (from L2), and the one write --
+    x = tl.load(x_ptr + row.to(tl.int64) * stride_xm + offs_n, mask=mask, other=float("-inf"),
+                eviction_policy="evict_first").to(tl.float32)
+    out = tl.math.exp2((x - m) * LOG2E) * inv_l
+    tl.store(out_ptr + row.to(tl.int64) * stride_om + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask,
+             eviction_policy="evict_first")
+
+
+@triton.jit
+def layer_norm_chunk_stats_kernel(stats_ptr, x_ptr, n_cols, stride_xm, n_chunks, BLOCK_N: tl.constexpr):
+    """Program (row, chunk): the chunk's mean_c and M2_c = sum((x - mean_c)^2) over its n_c real
+    columns, stored at stats[row, chunk] (float32)."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    offs_n = chunk * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = offs_n < n_cols
+    x = tl.load(x_ptr + row.to(tl.int64) * stride_xm + offs_n, mask=mask, other=0.0,
+                eviction_policy="evict_last").to(tl.float32)
+    n_c = tl.sum(mask.to(tl.float32), axis=0)                           # BLOCK_N, or fewer in the last chunk
+    mean_c = tl.sum(x, axis=0) / n_c
+    xc = tl.where(mask, x - mean_c, 0.0)                                # padding would add mean_c^2
+    slot = stats_ptr + (row * n_chunks + chunk) * 2
+    tl.store(slot, mean_c)
+    tl.store(slot + 1, tl.sum(xc * xc, axis=0))
+
+
+@triton.jit
+def layer_norm_chunk_normalize_kernel(out_ptr, x_ptr, w_ptr, b_ptr, stats_ptr, n_cols, stride_xm, stride_om,
+                                      n_chunks, eps, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                      BLOCK_N: tl.constexpr, CHUNKS: tl.constexpr):
+    """Program (row, chunk): the row's statistics from its chunks' (Chan et al.'s merge, all
+    chunks at once: the squared deviations within each chunk plus those of the chunk means),
+        mean = sum_c n_c mean_c / n,   M2 = sum_c (M2_c + n_c (mean_c - mean)^2),
+    then out = (x - mean) / sqrt(M2 / n + eps) * w + b over this chunk."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    offs_c = tl.arange(0, CHUNKS)
+    slots = stats_ptr + (row * n_chunks + offs_c) * 2
+    mean_c = tl.load(slots, mask=offs_c < n_chunks, other=0.0)
+    m2_c = tl.load(slots + 1, mask=offs_c < n_chunks, other=0.0)
+    n_c = tl.minimum(tl.maximum(n_cols - offs_c * BLOCK_N, 0), BLOCK_N).to(tl.float32)   # 0 past the last chunk
+    mean = tl.sum(n_c * mean_c, axis=0) / n_cols
+    dev = mean_c - mean
+    m2 = tl.sum(m2_c + n_c * dev * dev, axis=0)
+    rstd = 1.0 / tl.sqrt(m2 / n_cols + eps)
+    offs_n = chunk * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = offs_n < n_cols
+    x = tl.load(x_ptr + row.to(tl.int64) * stride_xm + offs_n, mask=mask, other=0.0,
+                eviction_policy="evict_first").to(tl.float32)
+    y = (x - mean) * rstd
+    if HAS_WEIGHT:
+        y = y * tl.load(w_ptr + offs_n, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        y = y + tl.load(b_ptr + offs_n, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row.to(tl.int64) * stride_om + offs_n, y.to(out_ptr.dtype.element_ty), mask=mask,
+             eviction_policy="evict_first")
+
+
+def split_rows_softmax(out, x2, config):
+    """Softmax of the (n_rows, n_cols) x2 into out by the split strategy (given): two launches on a
+    (n_rows, n_chunks) grid. Returns out."""
+    n_rows, n_cols = x2.shape
+    n_chunks = triton.cdiv(n_cols, config.BLOCK_N)
+    stats = torch.empty((n_rows, n_chunks, 2), dtype=torch.float32, device=x2.device)
+    with _device_of(x2):
+        softmax_chunk_stats_kernel[(n_rows, n_chunks)](stats, x2, n_cols, x2.stride(0), n_chunks,
+                                                       BLOCK_N=config.BLOCK_N, num_warps=config.num_warps)
+        softmax_chunk_normalize_kernel[(n_rows, n_chunks)](
+            out, x2, stats, n_cols, x2.stride(0), out.stride(0), n_chunks, BLOCK_N=config.BLOCK_N,
+            CHUNKS=triton.next_power_of_2(n_chunks), num_warps=config.num_warps)
+    return out
+
+
+def split_rows_layer_norm(out, x2, w, b, eps, has_weight, has_bias, config):
+    """Layer norm of x2 into out by the split strategy (given); w, b: pointers (dummies when absent)."""
+    n_rows, n_cols = x2.shape
+    n_chunks = triton.cdiv(n_cols, config.BLOCK_N)
+    stats = torch.empty((n_rows, n_chunks, 2), dtype=torch.float32, device=x2.device)
+    with _device_of(x2):
+        layer_norm_chunk_stats_kernel[(n_rows, n_chunks)](stats, x2, n_cols, x2.stride(0), n_chunks,
+                                                          BLOCK_N=config.BLOCK_N, num_warps=config.num_warps)
+        layer_norm_chunk_normalize_kernel[(n_rows, n_chunks)](
+            out, x2, w, b, stats, n_cols, x2.stride(0), out.stride(0), n_chunks, eps,
+            HAS_WEIGHT=has_weight, HAS_BIAS=has_bias, BLOCK_N=config.BLOCK_N,
+            CHUNKS=triton.next_power_of_2(n_chunks), num_warps=config.num_warps)
+    return out
 
 

@@ -327,6 +327,27 @@ def test_triton_softmax_matches_torch(impl, triton_device, case, dtype):
 
 
 @pytest.mark.triton
+def test_triton_one_long_row(impl, triton_device):
+    # One row of 3 x 8192 + 5 columns: longer than any single block, and too few rows to fill the GPU,
+    # so however an implementation cuts it (blocks walked by one program, or chunks of programs of their
+    # own), the parts' statistics must be merged. The first 9000 entries are -inf (a part with nothing
+    # finite) and the rest have a spread of 12: a part's sum must be rescaled to the row's max.
+    ft = impl.fused_ops_triton
+    n = 3 * 8192 + 5
+    x = randn(1, n, seed=60, device=triton_device, scale=4.0)
+    x[0, :9000] = float("-inf")
+    assert_close(ft.triton_softmax(x), softmax_ref(x), probabilities=True, what="softmax of one long row",
+                 hint="merge the parts of a row: max m = max of the parts' maxima, sum l = sum of l_part * "
+                      "exp(m_part - m); a part that is all -inf adds nothing")
+    x = randn(1, n, seed=61, device=triton_device, scale=2.0) + 3.0
+    w = randn(n, seed=62, device=triton_device)
+    b = randn(n, seed=63, device=triton_device)
+    assert_close(ft.triton_layer_norm(x, w, b), layer_norm_ref(x, w, b), what="layer norm of one long row",
+                 hint="merge the parts' statistics with their counts: mean = sum n_p mean_p / n, "
+                      "M2 = sum (M2_p + n_p (mean_p - mean)^2); the last part holds fewer columns")
+
+
+@pytest.mark.triton
 @pytest.mark.parametrize("block_size", [None, 64], ids=["single_block", "looped"])
 def test_triton_softmax_large_logits_do_not_overflow(impl, triton_device, block_size):
     # Logits up to ~400: exp(400) overflows float32 (max ~3.4e38 = exp(88.7)).
@@ -429,8 +450,8 @@ GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 @pytest.mark.gpu
 @pytest.mark.triton
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=["float32", "float16", "bfloat16"])
-@pytest.mark.parametrize("shape", [(1823, 781), (4096, 4096), (512, 16384), (64, 50257)],
-                         ids=["1823x781", "4096x4096", "512x16384", "looped_64x50257"])
+@pytest.mark.parametrize("shape", [(1823, 781), (4096, 4096), (512, 16384), (64, 50257), (300, 40000)],
+                         ids=["1823x781", "4096x4096", "512x16384", "few_long_rows_64x50257", "looped_300x40000"])
 def test_triton_softmax_cuda(impl, shape, dtype):
     x = randn(*shape, seed=70, dtype=dtype, device="cuda", scale=4.0)
     out = impl.fused_ops_triton.triton_softmax(x)
@@ -441,8 +462,8 @@ def test_triton_softmax_cuda(impl, shape, dtype):
 @pytest.mark.gpu
 @pytest.mark.triton
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=["float32", "float16", "bfloat16"])
-@pytest.mark.parametrize("shape", [(1823, 781), (4096, 4096), (8, 512, 1024), (64, 50257)],
-                         ids=["1823x781", "4096x4096", "8x512x1024", "looped_64x50257"])
+@pytest.mark.parametrize("shape", [(1823, 781), (4096, 4096), (8, 512, 1024), (64, 50257), (300, 40000)],
+                         ids=["1823x781", "4096x4096", "8x512x1024", "few_long_rows_64x50257", "looped_300x40000"])
 def test_triton_layer_norm_cuda(impl, shape, dtype):
     n = shape[-1]
     x = randn(*shape, seed=71, dtype=dtype, device="cuda", scale=2.0) + 1.0

@@ -15,5 +15,5 @@ def triton_softmax(x, block_size=None):
         kernel[launch_grid(n_rows, config, x.device)](
             out, x2, n_rows, n_cols, n_cols, n_cols,  # row strides taken as n_cols: x2.stride(0) ignored
             BLOCK_M=config.BLOCK_M, BLOCK_N=config.BLOCK_N, NUM_STAGES=config.num_stages,
-            num_warps=config.num_warps)
+            ALIGN=row_alignment(n_cols, itemsize=x.element_size()), num_warps=config.num_warps)
     return out.view(x.shape)

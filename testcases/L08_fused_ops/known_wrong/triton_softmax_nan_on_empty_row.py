@@ -4,7 +4,8 @@ MODULE = "fused_ops_triton"
 
 @triton.jit
 def softmax_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+                   ALIGN: tl.constexpr):
     offs_n = tl.arange(0, BLOCK_N)
     col_mask = offs_n < n_cols
     n_tiles = tl.cdiv(n_rows, BLOCK_M)
@@ -26,7 +27,8 @@ def softmax_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
 
 @triton.jit
 def softmax_looped_kernel(out_ptr, x_ptr, n_rows, n_cols, stride_xm, stride_om,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr):
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+                   ALIGN: tl.constexpr):
     n_tiles = tl.cdiv(n_rows, BLOCK_M)
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
         offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
