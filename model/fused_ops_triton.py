@@ -102,7 +102,7 @@ class LaunchConfig(NamedTuple):
                             # columns, one program per chunk, two kernels (the split strategy, given)
 
 
-def choose_config(n_rows, n_cols, dtype, block_size=None, op="softmax"):
+def choose_config(n_rows, n_cols, dtype, block_size=None):
     """The LaunchConfig for an (n_rows, n_cols) input of `dtype` (given, no exercise).
 
     Every choice serves one goal: enough bytes in flight to cover the memory
@@ -140,8 +140,6 @@ def choose_config(n_rows, n_cols, dtype, block_size=None, op="softmax"):
     split: looped rows fewer than the SMs (64 rows of 64k: 64 programs for 132
       SMs) are cut into chunks of SPLIT_CHUNK columns, a program each with
       SPLIT_WARPS warps (split_rows_softmax below), when block_size is not forced.
-    op: "softmax" or "layer_norm" (the same rule today; the argument lets the
-      benchmark's sweep ask per op).
     """
     whole_row = triton.next_power_of_2(max(n_cols, 1))
     if block_size is not None:

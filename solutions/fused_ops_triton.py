@@ -102,7 +102,7 @@ class LaunchConfig(NamedTuple):
                             # columns, one program per chunk, two kernels (the split strategy, given)
 
 
-def choose_config(n_rows, n_cols, dtype, block_size=None, op="softmax"):
+def choose_config(n_rows, n_cols, dtype, block_size=None):
     """The LaunchConfig for an (n_rows, n_cols) input of `dtype` (given, no exercise).
 
     Every choice serves one goal: enough bytes in flight to cover the memory
@@ -140,8 +140,6 @@ def choose_config(n_rows, n_cols, dtype, block_size=None, op="softmax"):
     split: looped rows fewer than the SMs (64 rows of 64k: 64 programs for 132
       SMs) are cut into chunks of SPLIT_CHUNK columns, a program each with
       SPLIT_WARPS warps (split_rows_softmax below), when block_size is not forced.
-    op: "softmax" or "layer_norm" (the same rule today; the argument lets the
-      benchmark's sweep ask per op).
     """
     whole_row = triton.next_power_of_2(max(n_cols, 1))
     if block_size is not None:
@@ -341,7 +339,7 @@ def triton_softmax(x, block_size=None):
         return torch.empty_like(x)
     x2, n_rows, n_cols = _as_rows(x)                                    # (n_rows, n_cols), last dim contiguous
     out = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
-    config = choose_config(n_rows, n_cols, x.dtype, block_size, op="softmax")
+    config = choose_config(n_rows, n_cols, x.dtype, block_size)
     if config.split:                                                    # few long rows: the given split path
         return split_rows_softmax(out, x2, config).view(x.shape)
     kernel = softmax_looped_kernel if config.looped else softmax_kernel
@@ -494,7 +492,7 @@ def triton_layer_norm(x, weight, bias, eps=1e-5, block_size=None):
         return torch.empty_like(x)
     x2, n_rows, n_cols = _as_rows(x)
     out = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
-    config = choose_config(n_rows, n_cols, x.dtype, block_size, op="layer_norm")
+    config = choose_config(n_rows, n_cols, x.dtype, block_size)
     kernel = layer_norm_looped_kernel if config.looped else layer_norm_kernel
     w = weight.contiguous() if weight is not None else x2                # a dummy pointer when absent:
     b = bias.contiguous() if bias is not None else x2                    # HAS_WEIGHT=False never reads it

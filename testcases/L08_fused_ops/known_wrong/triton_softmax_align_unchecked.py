@@ -9,7 +9,7 @@ def triton_softmax(x, block_size=None):
         return torch.empty_like(x)
     x2, n_rows, n_cols = _as_rows(x)
     out = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
-    config = choose_config(n_rows, n_cols, x.dtype, block_size, op="softmax")
+    config = choose_config(n_rows, n_cols, x.dtype, block_size)
     if config.split:
         return split_rows_softmax(out, x2, config).view(x.shape)
     kernel = softmax_looped_kernel if config.looped else softmax_kernel
