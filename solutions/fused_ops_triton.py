@@ -493,12 +493,12 @@ def triton_layer_norm(x, weight, bias, eps=1e-5, block_size=None):
     x2, n_rows, n_cols = _as_rows(x)
     out = torch.empty((n_rows, n_cols), dtype=x.dtype, device=x.device)
     config = choose_config(n_rows, n_cols, x.dtype, block_size)
-    kernel = layer_norm_looped_kernel if config.looped else layer_norm_kernel
     w = weight.contiguous() if weight is not None else x2                # a dummy pointer when absent:
     b = bias.contiguous() if bias is not None else x2                    # HAS_WEIGHT=False never reads it
     if config.split:                                                    # few long rows: the given split path
         return split_rows_layer_norm(out, x2, w, b, float(eps), weight is not None, bias is not None,
                                      config).view(x.shape)
+    kernel = layer_norm_looped_kernel if config.looped else layer_norm_kernel
     with _device_of(x):
         kernel[launch_grid(n_rows, config, x.device)](
             out, x2, w, b, n_rows, n_cols, x2.stride(0), out.stride(0), float(eps),
