@@ -27,6 +27,7 @@ def main():
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from coursekit.bench import profile_once
     from coursekit.impl import Implementation
     from tutorial.L05_flash_attention.hopper import flash_attention_hopper as fah
     l05 = Implementation(args.impl).flash_attention_triton
@@ -36,14 +37,7 @@ def main():
              lambda: l05.triton_flash_attention_forward(q, k, v, causal=args.causal),
              lambda: F.scaled_dot_product_attention(q, k, v, is_causal=args.causal)]
     with torch.no_grad(), sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-        for fn in calls:                      # compile outside the profiled range
-            fn()
-        torch.cuda.synchronize()
-        torch.cuda.cudart().cudaProfilerStart()
-        for fn in calls:
-            fn()
-        torch.cuda.synchronize()
-        torch.cuda.cudart().cudaProfilerStop()
+        profile_once(calls)                   # compiled outside the profiled range
     print("profiled: hopper_flash_attention_forward, L05 triton_flash_attention_forward, cuDNN SDPA")
 
 

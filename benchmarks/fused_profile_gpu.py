@@ -28,6 +28,7 @@ SHAPES = [("single block", 4096, 8192), ("looped", 512, 65536), ("looped", 1024,
 def run(impl):
     import torch
 
+    from coursekit.bench import profile_once
     from coursekit.impl import Implementation
     ft = Implementation(impl).fused_ops_triton
     calls = []
@@ -38,14 +39,7 @@ def run(impl):
             w, b = torch.randn(n, device="cuda").to(x.dtype), torch.randn(n, device="cuda").to(x.dtype)
             calls += [(lambda x=x: torch.add(x, 0)), (lambda x=x: ft.triton_softmax(x)),
                       (lambda x=x, w=w, b=b: ft.triton_layer_norm(x, w, b))]
-        for fn in calls:                      # compile outside the profiled range
-            fn()
-        torch.cuda.synchronize()
-        torch.cuda.cudart().cudaProfilerStart()
-        for fn in calls:
-            fn()
-        torch.cuda.synchronize()
-        torch.cuda.cudart().cudaProfilerStop()
+        profile_once(calls)                   # compiled outside the profiled range
 
 
 def table(path):

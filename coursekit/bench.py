@@ -164,3 +164,16 @@ def try_capture_graph(call):
         print(f"    graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:90]}")
         torch.cuda.synchronize()
         return None
+
+
+def profile_once(calls):
+    """Each of `calls` once to compile and warm up, then once more between cudaProfilerStart and
+    cudaProfilerStop: what a profiler started with `--profile-from-start off` (ncu) records."""
+    for call in calls:
+        call()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    for call in calls:
+        call()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
